@@ -1,0 +1,213 @@
+// CPU kernel of delve_fast::cov_update_.
+//
+// The batch x is read through its (N, C, S) strides in cache-sized tiles of
+// samples. Each tile is cast to float64, shifted by a reference vector and
+// packed into a panel; a triangular micro-kernel adds panel^T * panel into the
+// upper triangle of a Gram accumulator. No permuted or full-size float64 copy of
+// the batch is ever made. The shifted sums then give the batch's centred
+// moments, which are merged into the running state (Chan, Golub & LeVeque).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu/gram_kernel.h"
+#include "delve_fast.h"
+
+namespace delve_fast {
+namespace {
+
+// Samples used to estimate a shift when the state is still empty.
+constexpr int64_t kShiftSamples = 256;
+// Target size of one packed panel (float64) per thread: fits in L2.
+constexpr int64_t kPanelBytes = 512 * 1024;
+// Cap on per-thread private Gram accumulators before switching to a shared one.
+constexpr int64_t kPrivateGramBytes = 32 * 1024 * 1024;
+
+struct BatchView {
+  int64_t n, c, s, k;            // k = n * s samples
+  int64_t sn, sc, ss;            // element strides
+  int64_t nblk, cpad;            // feature blocks and padded feature count
+};
+
+template <typename scalar_t>
+inline double at_sample(const scalar_t* base, const BatchView& v, int64_t sample, int64_t ch) {
+  const int64_t n = sample / v.s, s = sample - n * v.s;
+  return static_cast<double>(base[n * v.sn + s * v.ss + ch * v.sc]);
+}
+
+// Packs samples [k0, k0 + kc) minus shift into panel (layout in gram_kernel.h)
+// and adds the shifted values into sums[0..c).
+template <typename scalar_t>
+void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc,
+                double* panel, double* sums) {
+  const int64_t stride_blk = kc * kBlock;
+  if (v.nblk * kBlock != v.c) {
+    // Zero the padding features of the last block once per tile.
+    double* last = panel + (v.nblk - 1) * stride_blk;
+    const int64_t valid = v.c - (v.nblk - 1) * kBlock;
+    for (int64_t k = 0; k < kc; ++k) std::memset(last + k * kBlock + valid, 0, (kBlock - valid) * sizeof(double));
+  }
+  if (v.sc <= v.ss || v.s == 1) {
+    // Features of one sample are close together (channels_last, Linear rows):
+    // walk sample by sample and scatter one row into the blocks.
+    int64_t n = k0 / v.s, s = k0 - (k0 / v.s) * v.s;
+    for (int64_t k = 0; k < kc; ++k) {
+      const scalar_t* row = base + n * v.sn + s * v.ss;
+      for (int64_t ch = 0; ch < v.c; ++ch) {
+        const double val = static_cast<double>(row[ch * v.sc]) - shift[ch];
+        panel[(ch / kBlock) * stride_blk + k * kBlock + (ch % kBlock)] = val;
+        sums[ch] += val;
+      }
+      if (++s == v.s) {
+        s = 0;
+        ++n;
+      }
+    }
+    return;
+  }
+  // Samples of one feature are close together (NCHW): walk each feature's run.
+  for (int64_t ch = 0; ch < v.c; ++ch) {
+    double* dst = panel + (ch / kBlock) * stride_blk + (ch % kBlock);
+    const double sh = shift[ch];
+    double acc = 0.0;
+    int64_t k = 0;
+    int64_t n = k0 / v.s, s = k0 - (k0 / v.s) * v.s;
+    while (k < kc) {
+      const int64_t run = std::min(kc - k, v.s - s);
+      const scalar_t* src = base + n * v.sn + ch * v.sc + s * v.ss;
+      if (v.ss == 1) {
+        for (int64_t t = 0; t < run; ++t) {
+          const double val = static_cast<double>(src[t]) - sh;
+          dst[(k + t) * kBlock] = val;
+          acc += val;
+        }
+      } else {
+        for (int64_t t = 0; t < run; ++t) {
+          const double val = static_cast<double>(src[t * v.ss]) - sh;
+          dst[(k + t) * kBlock] = val;
+          acc += val;
+        }
+      }
+      k += run;
+      s = 0;
+      ++n;
+    }
+    sums[ch] += acc;
+  }
+}
+
+template <typename scalar_t>
+void initial_shift(const scalar_t* base, const BatchView& v, double* shift) {
+  const int64_t m = std::min(v.k, kShiftSamples);
+  std::fill(shift, shift + v.c, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t ch = 0; ch < v.c; ++ch) shift[ch] += at_sample(base, v, i, ch);
+  for (int64_t ch = 0; ch < v.c; ++ch) shift[ch] /= static_cast<double>(m);
+}
+
+// Adds the shifted Gram of every sample into g (upper triangle, ld = c) and the
+// shifted sums into sums.
+template <typename scalar_t>
+void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* shift, double* g, double* sums) {
+  const GramFn gram = select_gram_kernel();
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t units = gram_unit_count(v.nblk);
+  const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
+  const int64_t kc_cache = std::clamp<int64_t>(kPanelBytes / (v.cpad * 8) / 8 * 8, 32, 4096);
+  const int64_t ntiles_cache = (v.k + kc_cache - 1) / kc_cache;
+  const bool split_samples = (nthreads == 1) || (ntiles_cache >= 2 * nthreads && units < 64 * nthreads &&
+                                                 (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
+  if (split_samples) {
+    // Few features, many samples: each thread owns a range of tiles and a
+    // private accumulator (thread 0 writes straight into g).
+    std::vector<std::vector<double>> priv_g(nthreads - 1), priv_s(nthreads);
+    at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t tile_begin = ntiles_cache * t / nthreads, tile_end = ntiles_cache * (t + 1) / nthreads;
+        if (tile_begin == tile_end) continue;
+        double* gt = g;
+        if (t > 0) {
+          priv_g[t - 1].assign(v.c * v.c, 0.0);
+          gt = priv_g[t - 1].data();
+        }
+        priv_s[t].assign(v.c, 0.0);
+        std::vector<double> panel(kc_cache * v.cpad);
+        for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+          const int64_t k0 = tile * kc_cache, kc = std::min(kc_cache, v.k - k0);
+          pack_panel(base, v, shift, k0, kc, panel.data(), priv_s[t].data());
+          gram(panel.data(), kc, v.nblk, v.c, gt, v.c, 0, units);
+        }
+      }
+    });
+    for (auto& pg : priv_g)
+      if (!pg.empty())
+        for (int64_t i = 0; i < v.c; ++i)
+          for (int64_t j = i; j < v.c; ++j) g[i * v.c + j] += pg[i * v.c + j];
+    for (auto& ps : priv_s)
+      if (!ps.empty())
+        for (int64_t ch = 0; ch < v.c; ++ch) sums[ch] += ps[ch];
+    return;
+  }
+  // Many features: share one panel per tile and split the triangle's units.
+  // A longer tile keeps the accumulator traffic small against the flops.
+  const int64_t kc_big = std::clamp<int64_t>((32LL << 20) / (v.cpad * 8) / 8 * 8, 16, 256);
+  std::vector<double> panel(kc_big * v.cpad);
+  for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
+    const int64_t kc = std::min(kc_big, v.k - k0);
+    pack_panel(base, v, shift, k0, kc, panel.data(), sums);
+    at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+      gram(panel.data(), kc, v.nblk, v.c, g, v.c, u0, u1);
+    });
+  }
+}
+
+void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count) {
+  const int64_t c = check_cov_update_args(mean, m2, x, count);
+  BatchView v{x.size(0), c, x.size(2), x.size(0) * x.size(2), x.stride(0), x.stride(1), x.stride(2), 0, 0};
+  if (v.k == 0 || c == 0) return;
+  v.nblk = (c + kBlock - 1) / kBlock;
+  v.cpad = v.nblk * kBlock;
+
+  double* mu = mean.data_ptr<double>();
+  double* g = m2.data_ptr<double>();
+  // Shift by the running mean once there is one: the batch is then already
+  // close to centred and no digits are lost to a large common offset.
+  std::vector<double> shift(c), sums(c, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cov_update_cpu", [&] {
+    const scalar_t* base = x.const_data_ptr<scalar_t>();
+    if (count > 0) {
+      std::copy(mu, mu + c, shift.begin());
+    } else {
+      initial_shift(base, v, shift.data());
+    }
+    accumulate_shifted(base, v, shift.data(), g, sums.data());
+  });
+
+  // g now holds m2_old (upper) + sum (x - shift)(x - shift)^T. With d the mean
+  // shifted offset of the batch, the batch's centred Gram is G - k d d^T; the
+  // merge adds w * delta delta^T with delta = batch mean - old mean.
+  const double k = static_cast<double>(v.k);
+  const double total = static_cast<double>(count) + k;
+  const double w = static_cast<double>(count) * k / total;
+  std::vector<double> d(c), delta(c);
+  for (int64_t i = 0; i < c; ++i) {
+    d[i] = sums[i] / k;
+    delta[i] = (shift[i] + d[i]) - mu[i];
+  }
+  for (int64_t i = 0; i < c; ++i) {
+    double* row = g + i * c;
+    for (int64_t j = i; j < c; ++j) row[j] += w * delta[i] * delta[j] - k * d[i] * d[j];
+  }
+  for (int64_t i = 0; i < c; ++i)
+    for (int64_t j = 0; j < i; ++j) g[i * c + j] = g[j * c + i];
+  for (int64_t i = 0; i < c; ++i) mu[i] += delta[i] * (k / total);
+}
+
+}  // namespace
+}  // namespace delve_fast
+
+TORCH_LIBRARY_IMPL(delve_fast, CPU, m) { m.impl("cov_update_", &delve_fast::cov_update_cpu); }

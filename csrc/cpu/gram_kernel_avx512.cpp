@@ -1,0 +1,5 @@
+// AVX-512 build of the Gram micro-kernel (32 zmm registers: full 16 x 8 tiles).
+#define DELVE_FAST_GRAM_FN gram_units_avx512
+#define DELVE_FAST_SUB_ROWS 16
+#define DELVE_FAST_SUB_COLS 8
+#include "cpu/gram_kernel_impl.h"

@@ -1,0 +1,41 @@
+// Shared declarations and argument checks for the delve_fast ops.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace delve_fast {
+
+// Validates the state and batch of cov_update_ and returns C.
+inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& x,
+                                     int64_t count) {
+  TORCH_CHECK(x.dim() == 3, "cov_update_: x must be viewed as (N, C, S); got ", x.dim(), " dims ", x.sizes());
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "cov_update_: x must be float16, bfloat16, float32 or float64; got ", st);
+  const int64_t c = x.size(1);
+  TORCH_CHECK(mean.scalar_type() == at::kDouble && m2.scalar_type() == at::kDouble,
+              "cov_update_: state must be float64; got mean ", mean.scalar_type(), ", m2 ", m2.scalar_type());
+  TORCH_CHECK(mean.dim() == 1 && mean.size(0) == c, "cov_update_: mean must have shape (", c, "), got ", mean.sizes());
+  TORCH_CHECK(m2.dim() == 2 && m2.size(0) == c && m2.size(1) == c, "cov_update_: m2 must have shape (", c, ", ", c,
+              "), got ", m2.sizes());
+  TORCH_CHECK(mean.is_contiguous() && m2.is_contiguous(), "cov_update_: state tensors must be contiguous");
+  TORCH_CHECK(mean.device() == x.device() && m2.device() == x.device(), "cov_update_: state on ", m2.device(),
+              " but x on ", x.device());
+  TORCH_CHECK(count >= 0, "cov_update_: count must be >= 0, got ", count);
+  return c;
+}
+
+inline void check_eigvalsh_args(const std::vector<at::Tensor>& covs) {
+  for (size_t i = 0; i < covs.size(); ++i) {
+    const auto& a = covs[i];
+    TORCH_CHECK(a.dim() == 2 && a.size(0) == a.size(1), "eigvalsh_desc: matrix ", i, " must be square, got ",
+                a.sizes());
+    TORCH_CHECK(a.scalar_type() == at::kDouble || a.scalar_type() == at::kFloat, "eigvalsh_desc: matrix ", i,
+                " must be float32 or float64, got ", a.scalar_type());
+  }
+}
+
+}  // namespace delve_fast

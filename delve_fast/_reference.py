@@ -1,0 +1,125 @@
+"""Pure-torch twins of the compiled ops.
+
+Each function here has the same contract as the op of the same name in
+``torch.ops.delve_fast``. They serve two purposes: the fallback when the
+compiled extension is missing (or has no kernel for a device), and the oracle
+that the tests compare the compiled kernels against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["cov_update_", "eigvalsh_desc", "as_channel_view"]
+
+
+def as_channel_view(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` viewed as ``(N, C, S)`` without copying.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        A 1-D ``(C,)``, 2-D ``(N, C)`` or 3-D ``(N, C, S)`` tensor, or a
+        4-D ``(N, C, H, W)`` tensor in any memory format.
+
+    Returns
+    -------
+    torch.Tensor
+        A 3-D view ``(N, C, S)`` sharing storage with ``x``. For 4-D input
+        ``S = H * W``; the view exists whenever ``H`` and ``W`` can be merged,
+        which holds for both contiguous NCHW and channels_last.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` has another rank.
+    """
+    if x.dim() == 1:
+        return x.unsqueeze(0).unsqueeze(-1)
+    if x.dim() == 2:
+        return x.unsqueeze(-1)
+    if x.dim() == 3:
+        return x
+    if x.dim() == 4:
+        # H and W merge into one stride for NCHW and channels_last alike, so
+        # flatten returns a view there; only exotic strides make it copy.
+        return x.flatten(2)
+    raise ValueError(f"expected a tensor of rank 1 to 4, got shape {tuple(x.shape)}")
+
+
+def _check_state(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be (N, C, S); got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if mean.dtype != torch.float64 or m2.dtype != torch.float64:
+        raise TypeError(f"state must be float64; got mean {mean.dtype}, m2 {m2.dtype}")
+    if tuple(mean.shape) != (c,) or tuple(m2.shape) != (c, c):
+        raise ValueError(
+            f"state shapes {tuple(mean.shape)}, {tuple(m2.shape)} do not match C={c} "
+            f"(expected ({c},) and ({c}, {c}))"
+        )
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+
+
+def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> None:
+    """Fold a batch into a float64 covariance state, in place.
+
+    The state is ``(count, mean, m2)`` where ``m2`` is the sum over all samples
+    seen so far of ``(v - mean)(v - mean)^T``. The batch is merged with the
+    pairwise rule of Chan, Golub and LeVeque: its own mean and centred Gram
+    matrix are formed first, so large offsets never cancel catastrophically.
+
+    Parameters
+    ----------
+    mean : torch.Tensor
+        ``(C,)`` float64 running mean; updated in place.
+    m2 : torch.Tensor
+        ``(C, C)`` float64 centred sum of outer products; updated in place and
+        kept symmetric.
+    x : torch.Tensor
+        The batch viewed as ``(N, C, S)``: ``N * S`` samples of ``C`` features,
+        feature ``c`` of sample ``(n, s)`` at ``x[n, c, s]``. Any strides, and
+        float16, bfloat16, float32 or float64.
+    count : int
+        Number of samples already folded into the state.
+    """
+    _check_state(mean, m2, x, count)
+    n, c, s = x.shape
+    k = n * s
+    if k == 0:
+        return
+    # (C, K) in float64. This may still alias x (float64 input, S == 1), so
+    # centre out of place: the caller's activation must never change.
+    a = x.permute(1, 0, 2).reshape(c, k).to(dtype=torch.float64, device=m2.device)
+    batch_mean = a.mean(dim=1)
+    a = a - batch_mean[:, None]
+    total = count + k
+    delta = batch_mean - mean
+    m2.addmm_(a, a.t())
+    m2.add_(torch.outer(delta, delta), alpha=count * k / total)
+    mean.add_(delta, alpha=k / total)
+
+
+def eigvalsh_desc(covs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Eigenvalues of symmetric matrices, descending, negatives clamped to 0.
+
+    Parameters
+    ----------
+    covs : sequence of torch.Tensor
+        Square symmetric matrices, possibly of different sizes. Only the lower
+        triangle is read, as in ``torch.linalg.eigvalsh``.
+
+    Returns
+    -------
+    list of torch.Tensor
+        One 1-D tensor per input, same dtype and device, sorted descending.
+    """
+    out = []
+    for cov in covs:
+        if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
+            raise ValueError(f"expected square matrices, got shape {tuple(cov.shape)}")
+        out.append(torch.linalg.eigvalsh(cov).flip(-1).clamp_min(0))
+    return out

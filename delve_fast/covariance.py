@@ -1,0 +1,199 @@
+"""The float64 covariance state that every tracked layer keeps."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from delve_fast import ops
+from delve_fast._reference import as_channel_view
+
+__all__ = ["TorchCovarianceMatrix", "resolve_device"]
+
+DEFAULT_MAX_SAVED_SAMPLES = 4096
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn a user's ``device`` argument into a usable :class:`torch.device`.
+
+    A CUDA device on a machine without CUDA falls back to the CPU with a
+    warning instead of failing later inside a forward hook.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` means CPU.
+
+    Returns
+    -------
+    torch.device
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(
+            f"device {str(device)!r} was requested but CUDA is not available; delve_fast computes on the CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return torch.device("cpu")
+    return dev
+
+
+class TorchCovarianceMatrix:
+    r"""Running covariance of a layer's features, kept in float64.
+
+    Implements :math:`Q = \frac{1}{n}\sum_b A_b^T A_b - \bar A \otimes \bar A`
+    from delve's documentation, but holds it as a running mean and a centred
+    sum of outer products merged batch by batch, so a feature whose mean is far
+    larger than its spread keeps all its digits.
+
+    Parameters
+    ----------
+    bias : bool, default False
+        Kept for API compatibility with delve. As in delve's documented formula
+        the covariance is always normalised by ``n`` (not ``n - 1``).
+    device : str or torch.device, default "cuda:0"
+        Where the state lives. Falls back to the CPU with a warning when CUDA
+        is absent.
+    save_data : bool, default False
+        Keep a bounded store of samples (for the ``embed`` stat).
+    backend : str, optional
+        ``auto``, ``cpp`` or ``torch`` (keyword only).
+    max_saved_samples : int, default 4096
+        Upper bound of the sample store when ``save_data`` is on.
+    """
+
+    def __init__(
+        self,
+        bias: bool = False,
+        device: str | torch.device = "cuda:0",
+        save_data: bool = False,
+        *,
+        backend: str | None = None,
+        max_saved_samples: int = DEFAULT_MAX_SAVED_SAMPLES,
+    ) -> None:
+        self.bias = bias
+        self.device = resolve_device(device)
+        self.save_data = save_data
+        self.backend = backend
+        if max_saved_samples < 0:
+            raise ValueError(f"max_saved_samples must be >= 0, got {max_saved_samples}")
+        self.max_saved_samples = int(max_saved_samples)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every sample seen so far."""
+        self._tlen = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+        self.saved_samples: torch.Tensor | None = None
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether any sample has been folded in since the last reset."""
+        return self._m2 is not None
+
+    @property
+    def _cov_mtx(self) -> torch.Tensor | None:
+        # delve's tracker and user code test ``_cov_mtx is None`` for "empty".
+        return self._m2
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples folded in since the last reset."""
+        return self._tlen
+
+    @property
+    def dim(self) -> int | None:
+        """Feature dimension, once known."""
+        return None if self._mean is None else int(self._mean.shape[0])
+
+    def update(self, x: torch.Tensor, vae: bool = False) -> None:
+        """Fold a ``(n_samples, n_features)`` batch into the state.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            2-D data matrix with one sample per row, or 1-D single sample.
+        vae : bool, default False
+            Accepted for signature compatibility with delve; ignored.
+        """
+        if x.dim() > 2:
+            raise ValueError(
+                f"update expects a (n_samples, n_features) matrix, got shape {tuple(x.shape)}; "
+                "use update_view for (N, C, S) batches"
+            )
+        self.update_view(as_channel_view(x))
+
+    def update_view(self, x: torch.Tensor) -> None:
+        """Fold a batch given as an ``(N, C, S)`` view (``N * S`` samples of ``C`` features).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Any strides and floating dtype; no copy is made on the state's device.
+        """
+        if x.dim() != 3:
+            raise ValueError(f"update_view expects an (N, C, S) tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            x = x.to(torch.float64)
+        if x.device != self.device:
+            x = x.to(self.device, non_blocking=True)
+        c = x.shape[1]
+        if self._m2 is None:
+            self._mean = torch.zeros(c, dtype=torch.float64, device=self.device)
+            self._m2 = torch.zeros(c, c, dtype=torch.float64, device=self.device)
+        elif c != self._mean.shape[0]:
+            raise ValueError(f"batch has {c} features but the state was started with {self._mean.shape[0]}")
+        k = x.shape[0] * x.shape[2]
+        ops.cov_update_(self._mean, self._m2, x, self._tlen, backend=self.backend)
+        self._tlen += k
+        if self.save_data:
+            self._store_samples(x)
+
+    def _store_samples(self, x: torch.Tensor) -> None:
+        room = self.max_saved_samples - (0 if self.saved_samples is None else self.saved_samples.shape[0])
+        if room <= 0:
+            return
+        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(torch.float64)
+        self.saved_samples = rows if self.saved_samples is None else torch.cat([self.saved_samples, rows])
+
+    def mean(self) -> torch.Tensor:
+        """Return the running mean, ``(C,)`` float64."""
+        self._require_data()
+        return self._mean.clone()
+
+    def fix(self, center: bool = True) -> torch.Tensor:
+        """Return the covariance matrix (``center=True``) or the raw second moment.
+
+        Parameters
+        ----------
+        center : bool, default True
+            If False, return :math:`\\frac1n\\sum x x^T` without subtracting
+            the mean outer product, as delve does.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(C, C)`` float64, symmetric.
+
+        Raises
+        ------
+        RuntimeError
+            If no sample has been seen since the last reset.
+        """
+        self._require_data()
+        cov = self._m2 / self._tlen
+        if not center:
+            cov = cov + torch.outer(self._mean, self._mean)
+        return cov
+
+    def _require_data(self) -> None:
+        if self._m2 is None or self._tlen == 0:
+            raise RuntimeError("the covariance matrix has no samples yet; run a forward pass first")
