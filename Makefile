@@ -9,7 +9,7 @@ BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.26"
 PYTEST_ARGS ?=
 CSRC := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
 
-.PHONY: install test demo bench format lint clean
+.PHONY: install test demo bench format lint clean cuda-build
 
 install: $(VENV)/.delve_fast_installed
 
@@ -50,3 +50,50 @@ lint:
 
 clean:
 	rm -rf build dist *.egg-info runs .pytest_cache
+
+# ---------------------------------------------------------------------------
+# CUDA wheel, built (never run: no GPU here) in its own venv and build folder so
+# it never disturbs the CPU build in $(VENV) and build/{wheel_tag}.
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH_SPEC ?= torch==2.14.1
+CUDA_HOME ?= /usr/local/cuda
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+CUDA_BUILD_DIR ?= build/cuda
+CUDA_DIST ?= dist/cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+# Where pip puts torch's CUDA 13 runtime packages (nvrtc, headers) inside $(CUDA_VENV).
+CUDA_SITE = $$($(CUDA_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+$(CUDA_VENV)/.deps_installed:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install --quiet --upgrade pip
+	$(CUDA_PY) -m pip install --quiet "$(CUDA_TORCH_SPEC)" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=4" numpy
+	$(CUDA_PY) -c "import torch; assert torch.version.cuda, 'torch in $(CUDA_VENV) is a CPU build'; print('cuda-build: torch', torch.__version__, 'CUDA', torch.version.cuda)"
+	touch $@
+
+cuda-build: $(CUDA_VENV)/.deps_installed
+	rm -f $(CUDA_DIST)/delve_fast-*.whl
+	site=$(CUDA_SITE); \
+	DELVE_FAST_CUDA=ON CUDACXX=$(CUDA_HOME)/bin/nvcc CUDA_HOME=$(CUDA_HOME) \
+	TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" PATH="$(CURDIR)/$(CUDA_VENV)/bin:$$PATH" \
+	$(CUDA_PY) -m pip wheel --no-build-isolation --no-deps -w $(CUDA_DIST) \
+	  -Cbuild-dir=$(CUDA_BUILD_DIR) \
+	  -Ccmake.define.CUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) \
+	  -Ccmake.define.CMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc \
+	  -Ccmake.define.CUDA_nvrtc_LIBRARY=$$site/nvidia/cu13/lib/libnvrtc.so.13 \
+	  -Ccmake.define.DELVE_FAST_CUDA_EXTRA_INCLUDE=$$site/nvidia/cu13/include \
+	  .
+	@whl=$$(ls $(CUDA_DIST)/delve_fast-*.whl) && so=$$(unzip -Z1 $$whl | grep -E '^delve_fast/_C.*\.so$$') \
+	  && echo "cuda-build: $$whl contains $$so" \
+	  && rm -rf $(CUDA_BUILD_DIR)/wheel-check && mkdir -p $(CUDA_BUILD_DIR)/wheel-check \
+	  && unzip -q -o $$whl -d $(CUDA_BUILD_DIR)/wheel-check \
+	  && nm -D --defined-only $(CUDA_BUILD_DIR)/wheel-check/$$so | grep -q PyInit__C \
+	  && nm -D --undefined-only $(CUDA_BUILD_DIR)/wheel-check/$$so | grep -q cudaLaunchKernel \
+	  && ldd $(CUDA_BUILD_DIR)/wheel-check/$$so | grep -E 'cudart|c10_cuda|torch_cuda' \
+	  && echo "cuda-build: extension exports PyInit__C and links the CUDA runtime"
+	$(CUDA_PY) -m pip install --quiet --no-deps --force-reinstall $$(ls $(CUDA_DIST)/delve_fast-*.whl)
+	cd $(CUDA_BUILD_DIR) && $(CURDIR)/$(CUDA_PY) -c "import torch, delve_fast._C as C; \
+	info = C.build_info(); print('cuda-build: build_info', info); \
+	assert info['cuda'] is True, info; \
+	assert all(torch._C._dispatch_has_kernel_for_dispatch_key('delve_fast::' + op, 'CUDA') for op in ('cov_update_', 'eigvalsh_desc')), 'no CUDA kernel registered'; \
+	print('cuda-build: OK, CUDA kernels registered (torch.cuda.is_available() =', torch.cuda.is_available(), ')')"

@@ -44,59 +44,43 @@ inline double at_sample(const scalar_t* base, const BatchView& v, int64_t sample
 template <typename scalar_t>
 void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc,
                 double* panel, double* sums) {
-  const int64_t stride_blk = kc * kBlock;
-  if (v.nblk * kBlock != v.c) {
-    // Zero the padding features of the last block once per tile.
-    double* last = panel + (v.nblk - 1) * stride_blk;
-    const int64_t valid = v.c - (v.nblk - 1) * kBlock;
-    for (int64_t k = 0; k < kc; ++k) std::memset(last + k * kBlock + valid, 0, (kBlock - valid) * sizeof(double));
-  }
-  if (v.sc <= v.ss || v.s == 1) {
-    // Features of one sample are close together (channels_last, Linear rows):
-    // walk sample by sample and scatter one row into the blocks.
-    int64_t n = k0 / v.s, s = k0 - (k0 / v.s) * v.s;
-    for (int64_t k = 0; k < kc; ++k) {
-      const scalar_t* row = base + n * v.sn + s * v.ss;
-      for (int64_t ch = 0; ch < v.c; ++ch) {
-        const double val = static_cast<double>(row[ch * v.sc]) - shift[ch];
-        panel[(ch / kBlock) * stride_blk + k * kBlock + (ch % kBlock)] = val;
-        sums[ch] += val;
-      }
-      if (++s == v.s) {
-        s = 0;
-        ++n;
-      }
-    }
+  if (v.ss == 1 && v.s >= 8) {
+    // Each feature's samples are contiguous runs (NCHW): transpose 8x8 tiles.
+    select_pack_runs<scalar_t>()(base, v.sn, v.sc, v.s, v.c, k0, kc, shift, panel, sums);
     return;
   }
-  // Samples of one feature are close together (NCHW): walk each feature's run.
-  for (int64_t ch = 0; ch < v.c; ++ch) {
-    double* dst = panel + (ch / kBlock) * stride_blk + (ch % kBlock);
-    const double sh = shift[ch];
-    double acc = 0.0;
-    int64_t k = 0;
-    int64_t n = k0 / v.s, s = k0 - (k0 / v.s) * v.s;
-    while (k < kc) {
-      const int64_t run = std::min(kc - k, v.s - s);
-      const scalar_t* src = base + n * v.sn + ch * v.sc + s * v.ss;
-      if (v.ss == 1) {
-        for (int64_t t = 0; t < run; ++t) {
-          const double val = static_cast<double>(src[t]) - sh;
-          dst[(k + t) * kBlock] = val;
-          acc += val;
+  // Features of one sample are close together (channels_last, Linear rows,
+  // tokens) or the runs are too short to pay off: walk sample by sample.
+  const int64_t stride_blk = kc * kBlock;
+  int64_t n = k0 / v.s, s = k0 - (k0 / v.s) * v.s;
+  for (int64_t k = 0; k < kc; ++k) {
+    const scalar_t* row = base + n * v.sn + s * v.ss;
+    for (int64_t blk = 0; blk < v.nblk; ++blk) {
+      const int64_t ch0 = blk * kBlock;
+      const int64_t nvalid = std::min<int64_t>(kBlock, v.c - ch0);
+      double* dst = panel + blk * stride_blk + k * kBlock;
+      double* sum = sums + ch0;
+      const double* sh = shift + ch0;
+      if (v.sc == 1 && nvalid == kBlock) {
+        const scalar_t* src = row + ch0;
+        for (int64_t t = 0; t < kBlock; ++t) {
+          const double val = static_cast<double>(src[t]) - sh[t];
+          dst[t] = val;
+          sum[t] += val;
         }
       } else {
-        for (int64_t t = 0; t < run; ++t) {
-          const double val = static_cast<double>(src[t * v.ss]) - sh;
-          dst[(k + t) * kBlock] = val;
-          acc += val;
+        for (int64_t t = 0; t < nvalid; ++t) {
+          const double val = static_cast<double>(row[(ch0 + t) * v.sc]) - sh[t];
+          dst[t] = val;
+          sum[t] += val;
         }
+        for (int64_t t = nvalid; t < kBlock; ++t) dst[t] = 0.0;
       }
-      k += run;
+    }
+    if (++s == v.s) {
       s = 0;
       ++n;
     }
-    sums[ch] += acc;
   }
 }
 

@@ -25,8 +25,41 @@ void gram_units_generic(const double*, int64_t, int64_t, int64_t, double*, int64
 void gram_units_avx2(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
 void gram_units_avx512(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
 
-// The best variant this CPU can run, chosen once.
+// Channel-major panels (for NCHW batches, where each feature's samples are
+// contiguous): row c of the panel holds kc_pad samples of feature c at
+// panel[c * kc_pad + k], zero padded to kc_pad (a multiple of kDotK) and to
+// rows_pad = ceil(c / kDot) * kDot rows. The dot-product kernel reads this
+// layout directly, so packing is a straight convert-and-copy.
+constexpr int64_t kDot = 4;    // rows (and columns) of one dot-product tile
+constexpr int64_t kDotK = 8;   // kc_pad granularity (one 512-bit vector)
+inline int64_t gram_dot_unit_count(int64_t nb) { return nb * (nb + 1) / 2; }
+
+using GramDotFn = void (*)(const double* panel, int64_t kc_pad, int64_t nb, int64_t c, double* g, int64_t ldg,
+                           int64_t unit_begin, int64_t unit_end);
+
+void gram_dot_units_generic(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
+void gram_dot_units_avx2(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
+void gram_dot_units_avx512(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
+
+// Packs samples [k0, k0 + kc) of a batch whose features are stored as runs of
+// contiguous samples (NCHW: x[n, c, s] at base[n * sn + c * sc + s], s < s_len)
+// into a row-major panel (layout above), minus shift, adding the shifted values
+// into sums. Eight samples of eight features are transposed in registers.
+template <typename T>
+using PackRunsFn = void (*)(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+                            const double* shift, double* panel, double* sums);
+template <typename T>
+void pack_runs_generic(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, double*, double*);
+template <typename T>
+void pack_runs_avx2(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, double*, double*);
+template <typename T>
+void pack_runs_avx512(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, double*, double*);
+template <typename T>
+PackRunsFn<T> select_pack_runs();
+
+// The best variants this CPU can run, chosen once.
 GramFn select_gram_kernel();
+GramDotFn select_gram_dot_kernel();
 const char* gram_kernel_isa();
 
 }  // namespace delve_fast

@@ -1,8 +1,13 @@
 // Body of the Gram micro-kernel, compiled once per instruction set by the
 // gram_kernel_<isa>.cpp files (each built with its own -m flags). Define
-// DELVE_FAST_GRAM_FN, DELVE_FAST_SUB_ROWS and DELVE_FAST_SUB_COLS before including.
+// DELVE_FAST_GRAM_FN, DELVE_FAST_SUB_ROWS, DELVE_FAST_SUB_COLS, DELVE_FAST_DOT_FN,
+// DELVE_FAST_DOT_LANES and DELVE_FAST_DOT_COLS before including.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include "cpu/gram_kernel.h"
 
@@ -79,5 +84,180 @@ void DELVE_FAST_GRAM_FN(const double* panel, int64_t kc, int64_t nblk, int64_t c
     }
   }
 }
+
+namespace {
+
+constexpr int kDotLanes = DELVE_FAST_DOT_LANES;  // doubles per vector in the dot kernel
+constexpr int kDotCols = DELVE_FAST_DOT_COLS;    // tile columns held in registers at once
+typedef double dvec_t __attribute__((vector_size(kDotLanes * sizeof(double))));
+static_assert(kDotK % kDotLanes == 0 && kDot % kDotCols == 0, "dot tile must divide evenly");
+
+inline dvec_t load_dvec(const double* p) {
+  dvec_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// out[r][j] = sum_k a[r][k] * b[j][k] for kDot rows and kDotCols columns.
+inline void dot_tile(const double* __restrict a, const double* __restrict b, int64_t kc_pad,
+                     double out[kDot][kDotCols]) {
+  dvec_t acc[kDot][kDotCols];
+  for (int r = 0; r < kDot; ++r)
+    for (int j = 0; j < kDotCols; ++j) acc[r][j] = dvec_t{} * 0.0;
+  for (int64_t k = 0; k < kc_pad; k += kDotLanes) {
+    dvec_t av[kDot], bv[kDotCols];
+    for (int r = 0; r < kDot; ++r) av[r] = load_dvec(a + r * kc_pad + k);
+    for (int j = 0; j < kDotCols; ++j) bv[j] = load_dvec(b + j * kc_pad + k);
+    for (int r = 0; r < kDot; ++r)
+      for (int j = 0; j < kDotCols; ++j) acc[r][j] += av[r] * bv[j];
+  }
+  for (int r = 0; r < kDot; ++r)
+    for (int j = 0; j < kDotCols; ++j) {
+      double s = 0.0;
+      for (int l = 0; l < kDotLanes; ++l) s += acc[r][j][l];
+      out[r][j] = s;
+    }
+}
+
+}  // namespace
+
+void DELVE_FAST_DOT_FN(const double* panel, int64_t kc_pad, int64_t nb, int64_t c, double* g, int64_t ldg,
+                       int64_t unit_begin, int64_t unit_end) {
+  // Units in order: for bi, for bj >= bi.
+  int64_t unit = 0, bi = 0;
+  while (bi < nb && unit + (nb - bi) <= unit_begin) unit += nb - bi++;
+  double out[kDot][kDotCols];
+  for (; bi < nb && unit < unit_end; ++bi) {
+    const int64_t row0 = bi * kDot;
+    const int64_t nr = std::min<int64_t>(kDot, c - row0);
+    for (int64_t bj = bi; bj < nb && unit < unit_end; ++bj, ++unit) {
+      if (unit < unit_begin) continue;
+      for (int64_t j0 = 0; j0 < kDot; j0 += kDotCols) {
+        const int64_t col0 = bj * kDot + j0;
+        if (col0 >= c) break;
+        dot_tile(panel + row0 * kc_pad, panel + col0 * kc_pad, kc_pad, out);
+        const int64_t nc = std::min<int64_t>(kDotCols, c - col0);
+        for (int64_t i = 0; i < nr; ++i)
+          for (int64_t j = 0; j < nc; ++j) g[(row0 + i) * ldg + col0 + j] += out[i][j];
+      }
+    }
+  }
+}
+
+namespace {
+
+typedef int64_t ivec_t __attribute__((vector_size(8 * sizeof(int64_t))));
+
+template <typename T>
+inline vec_t load8_as_double(const T* p) {
+  if constexpr (std::is_same_v<T, double>) {
+    return load_vec(p);
+  } else if constexpr (std::is_same_v<T, float>) {
+    typedef float fvec_t __attribute__((vector_size(8 * sizeof(float))));
+    fvec_t f;
+    std::memcpy(&f, p, sizeof(f));
+    return __builtin_convertvector(f, vec_t);
+  } else {
+    double tmp[8];
+    for (int i = 0; i < 8; ++i) tmp[i] = static_cast<double>(static_cast<float>(p[i]));
+    return load_vec(tmp);
+  }
+}
+
+// rows[i][j] = feature i, sample j  ->  rows[j][i] = sample j, feature i.
+inline void transpose8(vec_t r[8]) {
+  const ivec_t lo1{0, 8, 2, 10, 4, 12, 6, 14}, hi1{1, 9, 3, 11, 5, 13, 7, 15};
+  const ivec_t lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
+  const ivec_t lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
+  vec_t t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 2] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 1] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+                        const double* shift, double* panel, double* sums) {
+  const int64_t stride_blk = kc * kBlock;
+  const int64_t ngroups = (c + 7) / 8;  // groups of 8 features; two per block
+  for (int64_t grp = 0; grp < ngroups; ++grp) {
+    const int64_t ch0 = grp * 8;
+    const int64_t nch = std::min<int64_t>(8, c - ch0);
+    double* dst = panel + (ch0 / kBlock) * stride_blk + (ch0 % kBlock);
+    vec_t sh, acc = vec_t{} * 0.0;
+    for (int i = 0; i < 8; ++i) sh[i] = i < nch ? shift[ch0 + i] : 0.0;
+    int64_t n = k0 / s_len, s = k0 - n * s_len;
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      vec_t r[8];
+      if (s + 8 <= s_len) {
+        const T* src = base + n * sn + ch0 * sc + s;
+        for (int i = 0; i < 8; ++i) r[i] = i < nch ? load8_as_double(src + i * sc) : vec_t{} * 0.0;
+        s += 8;
+      } else {
+        // The eight samples straddle images: gather them one by one.
+        double tmp[8][8];
+        for (int j = 0; j < 8; ++j) {
+          for (int i = 0; i < 8; ++i)
+            tmp[i][j] = i < nch ? static_cast<double>(base[n * sn + (ch0 + i) * sc + s]) : 0.0;
+          if (++s == s_len) {
+            s = 0;
+            ++n;
+          }
+        }
+        for (int i = 0; i < 8; ++i) r[i] = load_vec(tmp[i]);
+      }
+      if (s == s_len) {
+        s = 0;
+        ++n;
+      }
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) {
+        const vec_t v = r[j] - sh;
+        acc += v;
+        std::memcpy(dst + (k + j) * kBlock, &v, sizeof(v));
+      }
+    }
+    for (; k < kc; ++k) {
+      double row[8];
+      for (int i = 0; i < 8; ++i) row[i] = i < nch ? static_cast<double>(base[n * sn + (ch0 + i) * sc + s]) - sh[i] : 0.0;
+      if (++s == s_len) {
+        s = 0;
+        ++n;
+      }
+      vec_t v = load_vec(row);
+      acc += v;
+      std::memcpy(dst + k * kBlock, &v, sizeof(v));
+    }
+    for (int i = 0; i < nch; ++i) sums[ch0 + i] += acc[i];
+  }
+  if (ngroups % 2 == 1) {
+    // The last block's upper half holds no features: keep it zero.
+    double* pad = panel + (ngroups / 2) * stride_blk + 8;
+    for (int64_t k = 0; k < kc; ++k) std::memset(pad + k * kBlock, 0, 8 * sizeof(double));
+  }
+}
+
+template void DELVE_FAST_PACK_FN<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        const double*, double*, double*);
+template void DELVE_FAST_PACK_FN<double>(const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                         const double*, double*, double*);
+template void DELVE_FAST_PACK_FN<c10::Half>(const c10::Half*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                            const double*, double*, double*);
+template void DELVE_FAST_PACK_FN<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                                int64_t, const double*, double*, double*);
 
 }  // namespace delve_fast

@@ -1,0 +1,38 @@
+"""pytest set-up for ``pytest benchmarks --benchmark-only``.
+
+- collects ``bench_*.py`` (so the default test run never picks them up);
+- pins torch to :data:`benchmarks.common.THREADS` threads;
+- writes pytest-benchmark's JSON to :data:`benchmarks.common.RESULTS_JSON`
+  unless ``--benchmark-json`` was given, and adds the machine line to it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.common import RESULTS_JSON, THREADS, machine_info
+
+
+def pytest_collect_file(parent, file_path):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    torch.set_num_threads(THREADS)
+    if getattr(config.option, "benchmark_json", None) is None and hasattr(config.option, "benchmark_json"):
+        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+        config.option.benchmark_json = RESULTS_JSON
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["delve_fast_machine"] = machine_info()
+
+
+@pytest.fixture(autouse=True)
+def _pin_threads():
+    torch.set_num_threads(THREADS)
+    yield

@@ -1,0 +1,291 @@
+"""Layer statistics computed from covariance eigenvalues.
+
+Every statistic the tracker reports, except ``embed`` and ``cov``, is a
+function of the eigenvalues of a layer's covariance matrix (``trc`` also
+equals their sum, but is read from the diagonal so it does not depend on the
+eigen-solver). The tracker computes those eigenvalues once per layer and mode,
+for every layer in one batched call, and hands them to the functions here.
+
+All functions take eigenvalues sorted in descending order with negatives set to
+zero, as :func:`delve_fast.ops.eigvalsh_desc` returns them. They accept NumPy
+arrays or torch tensors and return Python numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "STATMAP",
+    "MODES",
+    "SUPPORTED_STATS",
+    "intrinsic_dimensionality",
+    "saturation",
+    "covariance_trace",
+    "diagonal_trace",
+    "log_determinant",
+    "determinant",
+    "embed",
+    "compute_intrinsic_dimensionality",
+    "compute_saturation",
+]
+
+#: Short stat keys (the ``stats=`` argument) mapped to the names used in CSV
+#: columns, npy folders and TensorBoard tags; identical to delve's.
+STATMAP: dict[str, str] = {
+    "idim": "intrinsic-dimensionality",
+    "lsat": "saturation",
+    "cov": "covariance-matrix",
+    "det": "covariance-determinant",
+    "trc": "covariance-trace",
+    "dtrc": "diagonal-trace",
+    "embed": "embedded-sample",
+    # delve_fast addition (opt-in): natural log of the covariance determinant.
+    "logdet": "covariance-log-determinant",
+}
+
+#: The two recording modes, from ``module.training`` at forward time.
+MODES: tuple[str, str] = ("train", "eval")
+
+#: Stat keys accepted by the tracker (each may carry a ``_train``/``_eval`` suffix).
+SUPPORTED_STATS: tuple[str, ...] = ("lsat", "idim", "cov", "det", "trc", "dtrc", "embed", "logdet")
+
+#: delve's rule adds one extra direction only when the explained variance of
+#: the kept directions falls short of the threshold by more than this.
+IDIM_GAP = 0.02
+
+
+def _as_numpy(eigenvalues: Any) -> np.ndarray:
+    if isinstance(eigenvalues, torch.Tensor):
+        eigenvalues = eigenvalues.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(eigenvalues, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D array of eigenvalues, got shape {arr.shape}")
+    return arr
+
+
+def intrinsic_dimensionality(eigenvalues: Any, threshold: float = 0.99) -> int:
+    """Number of eigendirections needed to explain ``threshold`` of the variance.
+
+    The rule is delve's, kept exactly so the numbers agree: with
+    ``p_k = (l_1 + ... + l_k) / sum(l)`` for eigenvalues in descending order,
+    count the ``k`` with ``p_k < threshold``. If there are none the result is 1.
+    Otherwise one more direction is added, but only when the last counted
+    ``p_k`` falls short of the threshold by more than 0.02. The result never
+    exceeds the number of eigenvalues.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, descending, non-negative.
+    threshold : float, default 0.99
+        Share of the total variance to explain.
+
+    Returns
+    -------
+    int
+        At least 1. A covariance with zero total variance gives 1, as delve's
+        rule does (its shares are all NaN, so none is counted).
+    """
+    lam = _as_numpy(eigenvalues)
+    dim = lam.shape[0]
+    if dim == 0:
+        raise ValueError("intrinsic dimensionality of an empty eigenvalue array is undefined")
+    total = lam.sum()
+    if not np.isfinite(total) or total <= 0.0:
+        return 1
+    shares = np.cumsum(lam) / total
+    below = shares < threshold
+    count = int(below.sum())
+    if count == 0:
+        return 1
+    last_share = float(shares[below][-1])
+    if threshold - last_share > IDIM_GAP:
+        count += 1
+    return min(count, dim)
+
+
+def saturation(eigenvalues: Any, threshold: float = 0.99) -> float:
+    """Layer saturation: intrinsic dimensionality divided by the feature count.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, descending, non-negative; its length is the feature count.
+    threshold : float, default 0.99
+
+    Returns
+    -------
+    float
+        In ``(0, 1]``.
+    """
+    lam = _as_numpy(eigenvalues)
+    return intrinsic_dimensionality(lam, threshold) / lam.shape[0]
+
+
+def covariance_trace(cov: torch.Tensor | np.ndarray) -> float:
+    """Trace of the covariance matrix (total variance).
+
+    Parameters
+    ----------
+    cov : torch.Tensor or numpy.ndarray
+        Square covariance matrix.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(cov, torch.Tensor):
+        return float(cov.diagonal().sum())
+    return float(np.trace(np.asarray(cov, dtype=np.float64)))
+
+
+def diagonal_trace(eigenvalues: Any) -> float:
+    """Trace of the diagonalised covariance: the sum of its clamped eigenvalues.
+
+    This is delve's ``dtrc``. It equals :func:`covariance_trace` up to rounding
+    when no eigenvalue had to be clamped at zero.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+
+    Returns
+    -------
+    float
+    """
+    return float(_as_numpy(eigenvalues).sum())
+
+
+def log_determinant(eigenvalues: Any) -> float:
+    """Natural log of the covariance determinant, from the eigenvalues.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+
+    Returns
+    -------
+    float
+        ``sum(log(l))``; ``-inf`` when any eigenvalue is exactly zero.
+    """
+    lam = _as_numpy(eigenvalues)
+    if (lam <= 0.0).any():
+        return -math.inf
+    return float(np.log(lam).sum())
+
+
+def determinant(eigenvalues: Any, *, warn: bool = True, name: str = "") -> float:
+    """Determinant of the covariance (generalised variance), from log-eigenvalues.
+
+    The product of eigenvalues is formed as ``exp(sum(log(l)))``, so no
+    partial product underflows or overflows on the way: the result is exact to
+    rounding whenever the determinant itself is a representable float64. When
+    it is not (its log is below about -745 or above about 709), the result is
+    ``0.0`` or ``inf`` and a :class:`RuntimeWarning` gives the log-determinant,
+    so the loss is never silent. Use the ``logdet`` stat to record that value.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+    warn : bool, default True
+        Warn when the determinant is not representable.
+    name : str, optional
+        Label for the warning (the layer and mode).
+
+    Returns
+    -------
+    float
+        ``0.0`` exactly when an eigenvalue is zero (the matrix is singular).
+    """
+    logdet = log_determinant(eigenvalues)
+    if logdet == -math.inf:
+        return 0.0
+    with np.errstate(over="ignore", under="ignore"):
+        det = float(np.exp(logdet))
+    if warn and (det == 0.0 or math.isinf(det)):
+        what = "underflows to 0.0" if det == 0.0 else "overflows to inf"
+        label = f" of {name}" if name else ""
+        warnings.warn(
+            f"covariance determinant{label} {what} in float64 (log-determinant = {logdet:.6g}); "
+            "record stats=['logdet'] to keep its value",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return det
+
+
+def embed(
+    samples: torch.Tensor, mean: torch.Tensor, eigenvectors: torch.Tensor, n_components: int = 2
+) -> np.ndarray:
+    """Project samples onto the leading eigenvectors of their covariance.
+
+    Parameters
+    ----------
+    samples : torch.Tensor
+        ``(n, C)`` stored samples.
+    mean : torch.Tensor
+        ``(C,)`` mean that is subtracted first.
+    eigenvectors : torch.Tensor
+        ``(C, C)`` eigenvectors as columns, in **descending** eigenvalue order.
+    n_components : int, default 2
+        Number of leading directions.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, n_components)`` float64 coordinates. Missing directions (``C``
+        smaller than ``n_components``) are zero.
+    """
+    k = min(n_components, eigenvectors.shape[1])
+    centred = samples.to(torch.float64) - mean.to(samples.device, torch.float64)
+    coords = centred @ eigenvectors[:, :k].to(samples.device, torch.float64)
+    out = np.zeros((samples.shape[0], n_components), dtype=np.float64)
+    out[:, :k] = coords.cpu().numpy()
+    return out
+
+
+def _eigvals_of(cov: torch.Tensor) -> torch.Tensor:
+    from delve_fast import ops
+
+    return ops.eigvalsh_desc([cov.to(torch.float64)])[0]
+
+
+def compute_intrinsic_dimensionality(cov: torch.Tensor, thresh: float = 0.99) -> int:
+    """Intrinsic dimensionality of a covariance matrix (delve's function name).
+
+    Parameters
+    ----------
+    cov : torch.Tensor
+        Square symmetric matrix.
+    thresh : float, default 0.99
+
+    Returns
+    -------
+    int
+    """
+    return intrinsic_dimensionality(_eigvals_of(cov), thresh)
+
+
+def compute_saturation(cov: torch.Tensor, thresh: float = 0.99) -> float:
+    """Saturation of a covariance matrix (delve's function name).
+
+    Parameters
+    ----------
+    cov : torch.Tensor
+        Square symmetric matrix.
+    thresh : float, default 0.99
+
+    Returns
+    -------
+    float
+    """
+    return saturation(_eigvals_of(cov), thresh)
