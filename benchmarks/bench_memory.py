@@ -34,9 +34,7 @@ def _probe(path: str, shape: tuple[int, ...]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    ("path", "shape"), MEMORY_CASES, ids=[f"{p}-{'x'.join(map(str, s))}" for p, s in MEMORY_CASES]
-)
+@pytest.mark.parametrize(("path", "shape"), MEMORY_CASES, ids=[f"{p}-{'x'.join(map(str, s))}" for p, s in MEMORY_CASES])
 def test_memory(benchmark, path, shape):
     if path == "delve":
         pytest.importorskip("delve.torch_utils")

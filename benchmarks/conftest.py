@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -23,13 +25,17 @@ def pytest_collect_file(parent, file_path):
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     torch.set_num_threads(THREADS)
+    config._delve_fast_load_start = os.getloadavg()[0]
     if getattr(config.option, "benchmark_json", None) is None and hasattr(config.option, "benchmark_json"):
         RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
         config.option.benchmark_json = RESULTS_JSON
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["delve_fast_machine"] = machine_info()
+    info = machine_info()
+    info["loadavg_start"] = getattr(config, "_delve_fast_load_start", None)
+    info["loadavg_end"] = os.getloadavg()[0]
+    output_json["delve_fast_machine"] = info
 
 
 @pytest.fixture(autouse=True)

@@ -93,21 +93,39 @@ void initial_shift(const scalar_t* base, const BatchView& v, double* shift) {
   for (int64_t ch = 0; ch < v.c; ++ch) shift[ch] /= static_cast<double>(m);
 }
 
+// Upper-triangle block pairs (bi <= bj), grouped by chunks of column blocks
+// small enough to stay in L2 while every row block passes over them.
+std::vector<int32_t> block_pairs(int64_t nblk, int64_t kc) {
+  const int64_t chunk = std::max<int64_t>(1, (1 << 20) / (kc * kBlock * static_cast<int64_t>(sizeof(double))));
+  std::vector<int32_t> pairs;
+  pairs.reserve(nblk * (nblk + 1));
+  for (int64_t j0 = 0; j0 < nblk; j0 += chunk) {
+    const int64_t j1 = std::min(nblk, j0 + chunk);
+    for (int64_t bi = 0; bi < j1; ++bi)
+      for (int64_t bj = std::max(bi, j0); bj < j1; ++bj) {
+        pairs.push_back(static_cast<int32_t>(bi));
+        pairs.push_back(static_cast<int32_t>(bj));
+      }
+  }
+  return pairs;
+}
+
 // Adds the shifted Gram of every sample into g (upper triangle, ld = c) and the
 // shifted sums into sums.
 template <typename scalar_t>
 void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* shift, double* g, double* sums) {
   const GramFn gram = select_gram_kernel();
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t units = gram_unit_count(v.nblk);
+  const int64_t npairs_all = v.nblk * (v.nblk + 1) / 2;
   const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
   const int64_t kc_cache = std::clamp<int64_t>(kPanelBytes / (v.cpad * 8) / 8 * 8, 32, 4096);
   const int64_t ntiles_cache = (v.k + kc_cache - 1) / kc_cache;
-  const bool split_samples = (nthreads == 1) || (ntiles_cache >= 2 * nthreads && units < 64 * nthreads &&
+  const bool split_samples = (nthreads == 1) || (ntiles_cache >= 2 * nthreads && npairs_all < 32 * nthreads &&
                                                  (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (thread 0 writes straight into g).
+    const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_cache);
     std::vector<std::vector<double>> priv_g(nthreads - 1), priv_s(nthreads);
     at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -123,7 +141,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
         for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
           const int64_t k0 = tile * kc_cache, kc = std::min(kc_cache, v.k - k0);
           pack_panel(base, v, shift, k0, kc, panel.data(), priv_s[t].data());
-          gram(panel.data(), kc, v.nblk, v.c, gt, v.c, 0, units);
+          gram(panel.data(), kc, v.c, gt, v.c, pairs.data(), npairs_all);
         }
       }
     });
@@ -136,15 +154,16 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
         for (int64_t ch = 0; ch < v.c; ++ch) sums[ch] += ps[ch];
     return;
   }
-  // Many features: share one panel per tile and split the triangle's units.
-  // A longer tile keeps the accumulator traffic small against the flops.
+  // Many features: share one panel per tile and split the triangle's block
+  // pairs. A longer tile keeps the accumulator traffic small against the flops.
   const int64_t kc_big = std::clamp<int64_t>((32LL << 20) / (v.cpad * 8) / 8 * 8, 16, 256);
+  const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
   std::vector<double> panel(kc_big * v.cpad);
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
     const int64_t kc = std::min(kc_big, v.k - k0);
     pack_panel(base, v, shift, k0, kc, panel.data(), sums);
-    at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-      gram(panel.data(), kc, v.nblk, v.c, g, v.c, u0, u1);
+    at::parallel_for(0, npairs_all, 1, [&](int64_t p0, int64_t p1) {
+      gram(panel.data(), kc, v.c, g, v.c, pairs.data() + 2 * p0, p1 - p0);
     });
   }
 }

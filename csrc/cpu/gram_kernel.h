@@ -12,34 +12,17 @@ namespace delve_fast {
 constexpr int64_t kBlock = 16;  // rows of one micro-tile; a panel block is this wide
 constexpr int64_t kHalf = 8;    // columns of one micro-tile (half a block)
 
-// One unit of work: rows of block bi times the columns of half h of block bj, bj >= bi.
-inline int64_t gram_unit_count(int64_t nblk) { return nblk * (nblk + 1); }
-
 // Adds panel^T * panel into g (row-major, leading dimension ldg, c x c valid
-// entries) for work units [unit_begin, unit_end). Only the upper triangle of g
-// (and the lower part of diagonal blocks) is touched; callers mirror afterwards.
-using GramFn = void (*)(const double* panel, int64_t kc, int64_t nblk, int64_t c, double* g, int64_t ldg,
-                        int64_t unit_begin, int64_t unit_end);
+// entries) for the block pairs pairs[0..npairs): pair p covers rows of block
+// pairs[2p] and columns of block pairs[2p + 1] (>= the row block). Only the
+// upper triangle of g (and the lower half of diagonal blocks) is touched;
+// callers mirror afterwards.
+using GramFn = void (*)(const double* panel, int64_t kc, int64_t c, double* g, int64_t ldg, const int32_t* pairs,
+                        int64_t npairs);
 
-void gram_units_generic(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
-void gram_units_avx2(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
-void gram_units_avx512(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
-
-// Channel-major panels (for NCHW batches, where each feature's samples are
-// contiguous): row c of the panel holds kc_pad samples of feature c at
-// panel[c * kc_pad + k], zero padded to kc_pad (a multiple of kDotK) and to
-// rows_pad = ceil(c / kDot) * kDot rows. The dot-product kernel reads this
-// layout directly, so packing is a straight convert-and-copy.
-constexpr int64_t kDot = 4;    // rows (and columns) of one dot-product tile
-constexpr int64_t kDotK = 8;   // kc_pad granularity (one 512-bit vector)
-inline int64_t gram_dot_unit_count(int64_t nb) { return nb * (nb + 1) / 2; }
-
-using GramDotFn = void (*)(const double* panel, int64_t kc_pad, int64_t nb, int64_t c, double* g, int64_t ldg,
-                           int64_t unit_begin, int64_t unit_end);
-
-void gram_dot_units_generic(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
-void gram_dot_units_avx2(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
-void gram_dot_units_avx512(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);
+void gram_pairs_generic(const double*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);
+void gram_pairs_avx2(const double*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);
+void gram_pairs_avx512(const double*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);
 
 // Packs samples [k0, k0 + kc) of a batch whose features are stored as runs of
 // contiguous samples (NCHW: x[n, c, s] at base[n * sn + c * sc + s], s < s_len)
@@ -59,7 +42,6 @@ PackRunsFn<T> select_pack_runs();
 
 // The best variants this CPU can run, chosen once.
 GramFn select_gram_kernel();
-GramDotFn select_gram_dot_kernel();
 const char* gram_kernel_isa();
 
 }  // namespace delve_fast

@@ -1,10 +1,7 @@
 // Portable build of the Gram micro-kernel, plus the run-time choice between variants.
-#define DELVE_FAST_GRAM_FN gram_units_generic
+#define DELVE_FAST_GRAM_FN gram_pairs_generic
 #define DELVE_FAST_SUB_ROWS 8
 #define DELVE_FAST_SUB_COLS 4
-#define DELVE_FAST_DOT_FN gram_dot_units_generic
-#define DELVE_FAST_DOT_LANES 2
-#define DELVE_FAST_DOT_COLS 2
 #define DELVE_FAST_PACK_FN pack_runs_generic
 #include "cpu/gram_kernel_impl.h"
 
@@ -13,17 +10,16 @@ namespace delve_fast {
 namespace {
 struct Choice {
   GramFn fn;
-  GramDotFn dot;
   const char* isa;
 };
 
 Choice choose() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {gram_units_avx512, gram_dot_units_avx512, "avx512"};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {gram_units_avx2, gram_dot_units_avx2, "avx2"};
+  if (__builtin_cpu_supports("avx512f")) return {gram_pairs_avx512, "avx512"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {gram_pairs_avx2, "avx2"};
 #endif
-  return {gram_units_generic, gram_dot_units_generic, "generic"};
+  return {gram_pairs_generic, "generic"};
 }
 
 const Choice& choice() {
@@ -33,14 +29,13 @@ const Choice& choice() {
 }  // namespace
 
 GramFn select_gram_kernel() { return choice().fn; }
-GramDotFn select_gram_dot_kernel() { return choice().dot; }
 const char* gram_kernel_isa() { return choice().isa; }
 
 template <typename T>
 PackRunsFn<T> select_pack_runs() {
   const GramFn fn = choice().fn;
-  if (fn == gram_units_avx512) return pack_runs_avx512<T>;
-  if (fn == gram_units_avx2) return pack_runs_avx2<T>;
+  if (fn == gram_pairs_avx512) return pack_runs_avx512<T>;
+  if (fn == gram_pairs_avx2) return pack_runs_avx2<T>;
   return pack_runs_generic<T>;
 }
 

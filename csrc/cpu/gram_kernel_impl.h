@@ -1,7 +1,7 @@
 // Body of the Gram micro-kernel, compiled once per instruction set by the
 // gram_kernel_<isa>.cpp files (each built with its own -m flags). Define
-// DELVE_FAST_GRAM_FN, DELVE_FAST_SUB_ROWS, DELVE_FAST_SUB_COLS, DELVE_FAST_DOT_FN,
-// DELVE_FAST_DOT_LANES and DELVE_FAST_DOT_COLS before including.
+// DELVE_FAST_GRAM_FN, DELVE_FAST_SUB_ROWS, DELVE_FAST_SUB_COLS and
+// DELVE_FAST_PACK_FN before including.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -49,96 +49,26 @@ inline void sub_tile(const double* __restrict a, const double* __restrict b, int
 
 }  // namespace
 
-void DELVE_FAST_GRAM_FN(const double* panel, int64_t kc, int64_t nblk, int64_t c, double* g, int64_t ldg,
-                        int64_t unit_begin, int64_t unit_end) {
+void DELVE_FAST_GRAM_FN(const double* panel, int64_t kc, int64_t c, double* g, int64_t ldg, const int32_t* pairs,
+                        int64_t npairs) {
   const int64_t stride_blk = kc * kBlock;
-  // Walk units in order: for bi, for bj >= bi, for h in {0, 1}.
-  int64_t unit = 0, bi = 0;
-  while (bi < nblk && unit + 2 * (nblk - bi) <= unit_begin) unit += 2 * (nblk - bi++);
   double tile[kRows * kCols];
-  for (; bi < nblk && unit < unit_end; ++bi) {
-    for (int64_t bj = bi; bj < nblk && unit < unit_end; ++bj) {
-      for (int64_t h = 0; h < 2; ++h, ++unit) {
-        if (unit < unit_begin) continue;
-        if (unit >= unit_end) break;
-        const int64_t col0 = bj * kBlock + h * kHalf;
-        if (col0 >= c) continue;  // all-padding columns
-        const double* a_blk = panel + bi * stride_blk;
-        const double* b_blk = panel + bj * stride_blk + h * kHalf;
-        for (int64_t r0 = 0; r0 < kBlock; r0 += kRows) {
-          const int64_t row0 = bi * kBlock + r0;
-          if (row0 >= c) break;
-          for (int64_t c0 = 0; c0 < kHalf; c0 += kCols) {
-            const int64_t colj = col0 + c0;
-            if (colj >= c) break;
-            sub_tile(a_blk + r0, b_blk + c0, kc, tile);
-            const int64_t nr = std::min<int64_t>(kRows, c - row0);
-            const int64_t nc = std::min<int64_t>(kCols, c - colj);
-            for (int64_t i = 0; i < nr; ++i) {
-              double* grow = g + (row0 + i) * ldg + colj;
-              for (int64_t j = 0; j < nc; ++j) grow[j] += tile[j * kRows + i];
-            }
-          }
+  for (int64_t p = 0; p < npairs; ++p) {
+    const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
+    const double* a_blk = panel + bi * stride_blk;
+    const int64_t col_end = std::min<int64_t>(c, (bj + 1) * kBlock);
+    for (int64_t col0 = bj * kBlock; col0 < col_end; col0 += kCols) {
+      const double* b_sub = panel + bj * stride_blk + (col0 - bj * kBlock);
+      const int64_t nc = std::min<int64_t>(kCols, c - col0);
+      for (int64_t r0 = 0; r0 < kBlock; r0 += kRows) {
+        const int64_t row0 = bi * kBlock + r0;
+        if (row0 >= c) break;
+        sub_tile(a_blk + r0, b_sub, kc, tile);
+        const int64_t nr = std::min<int64_t>(kRows, c - row0);
+        for (int64_t i = 0; i < nr; ++i) {
+          double* grow = g + (row0 + i) * ldg + col0;
+          for (int64_t j = 0; j < nc; ++j) grow[j] += tile[j * kRows + i];
         }
-      }
-    }
-  }
-}
-
-namespace {
-
-constexpr int kDotLanes = DELVE_FAST_DOT_LANES;  // doubles per vector in the dot kernel
-constexpr int kDotCols = DELVE_FAST_DOT_COLS;    // tile columns held in registers at once
-typedef double dvec_t __attribute__((vector_size(kDotLanes * sizeof(double))));
-static_assert(kDotK % kDotLanes == 0 && kDot % kDotCols == 0, "dot tile must divide evenly");
-
-inline dvec_t load_dvec(const double* p) {
-  dvec_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// out[r][j] = sum_k a[r][k] * b[j][k] for kDot rows and kDotCols columns.
-inline void dot_tile(const double* __restrict a, const double* __restrict b, int64_t kc_pad,
-                     double out[kDot][kDotCols]) {
-  dvec_t acc[kDot][kDotCols];
-  for (int r = 0; r < kDot; ++r)
-    for (int j = 0; j < kDotCols; ++j) acc[r][j] = dvec_t{} * 0.0;
-  for (int64_t k = 0; k < kc_pad; k += kDotLanes) {
-    dvec_t av[kDot], bv[kDotCols];
-    for (int r = 0; r < kDot; ++r) av[r] = load_dvec(a + r * kc_pad + k);
-    for (int j = 0; j < kDotCols; ++j) bv[j] = load_dvec(b + j * kc_pad + k);
-    for (int r = 0; r < kDot; ++r)
-      for (int j = 0; j < kDotCols; ++j) acc[r][j] += av[r] * bv[j];
-  }
-  for (int r = 0; r < kDot; ++r)
-    for (int j = 0; j < kDotCols; ++j) {
-      double s = 0.0;
-      for (int l = 0; l < kDotLanes; ++l) s += acc[r][j][l];
-      out[r][j] = s;
-    }
-}
-
-}  // namespace
-
-void DELVE_FAST_DOT_FN(const double* panel, int64_t kc_pad, int64_t nb, int64_t c, double* g, int64_t ldg,
-                       int64_t unit_begin, int64_t unit_end) {
-  // Units in order: for bi, for bj >= bi.
-  int64_t unit = 0, bi = 0;
-  while (bi < nb && unit + (nb - bi) <= unit_begin) unit += nb - bi++;
-  double out[kDot][kDotCols];
-  for (; bi < nb && unit < unit_end; ++bi) {
-    const int64_t row0 = bi * kDot;
-    const int64_t nr = std::min<int64_t>(kDot, c - row0);
-    for (int64_t bj = bi; bj < nb && unit < unit_end; ++bj, ++unit) {
-      if (unit < unit_begin) continue;
-      for (int64_t j0 = 0; j0 < kDot; j0 += kDotCols) {
-        const int64_t col0 = bj * kDot + j0;
-        if (col0 >= c) break;
-        dot_tile(panel + row0 * kc_pad, panel + col0 * kc_pad, kc_pad, out);
-        const int64_t nc = std::min<int64_t>(kDotCols, c - col0);
-        for (int64_t i = 0; i < nr; ++i)
-          for (int64_t j = 0; j < nc; ++j) g[(row0 + i) * ldg + col0 + j] += out[i][j];
       }
     }
   }

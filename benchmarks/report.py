@@ -1,0 +1,457 @@
+"""Turn the benchmark run's JSON into ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+
+Usage: ``python -m benchmarks.report [--json PATH] [--out docs/benchmarks.md]``.
+Every figure, and every target verdict, is computed from the JSON of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks.common import CASES_BY_ID, REPO_ROOT, RESULTS_JSON, TARGETS, UPDATE_CASES
+
+PATH_LABELS = {
+    "compiled": "compiled",
+    "twin": "pure-torch twin",
+    "delve": "delve 0.1.50",
+    "compiled_mixed": "compiled, mixed",
+    "delve_dtrc": "delve 0.1.50 (+dtrc)",
+}
+VARIANT_LABELS = {
+    "fast_cpp": "delve_fast (compiled)",
+    "fast_torch": "delve_fast (twin)",
+    "fast_mixed": "delve_fast (compiled, mixed)",
+    "delve": "delve 0.1.50",
+}
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _x(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}×"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+
+class Results:
+    """The parsed figures of one run."""
+
+    def __init__(self, data: dict) -> None:
+        self.raw = data
+        self.machine = data.get("delve_fast_machine", {})
+        self.datetime = data.get("datetime")
+        self.update: dict[str, dict[str, float]] = {}
+        self.gemm_rate: float | None = None
+        self.reduction: dict[str, float] = {}
+        self.memory: list[dict] = []
+        self.training: dict | None = None
+        for b in data.get("benchmarks", []):
+            info = b.get("extra_info", {})
+            kind = info.get("bench")
+            median = b["stats"]["median"]
+            if kind == "update":
+                self.update.setdefault(info["case"], {})[info["path"]] = median
+            elif kind == "gemm":
+                self.gemm_rate = info["flops"] / median
+            elif kind == "reduction":
+                self.reduction[info["path"]] = median
+            elif kind == "memory" and "extra_mib" in info:
+                self.memory.append(info)
+            elif kind == "training" and "overhead" in info:
+                self.training = info
+
+    # --- derived figures
+    def roofline_s(self, case_id: str) -> float | None:
+        if not self.gemm_rate:
+            return None
+        return CASES_BY_ID[case_id].syrk_flops / self.gemm_rate
+
+    def speedup(self, case_id: str, path: str = "compiled") -> float | None:
+        row = self.update.get(case_id, {})
+        if path in row and "delve" in row:
+            return row["delve"] / row[path]
+        return None
+
+    def roofline_fraction(self, case_id: str, path: str = "compiled") -> float | None:
+        row = self.update.get(case_id, {})
+        roof = self.roofline_s(case_id)
+        if path in row and roof:
+            return roof / row[path]
+        return None
+
+    def reduction_speedup(self, path: str = "compiled", base: str = "delve") -> float | None:
+        if path in self.reduction and base in self.reduction:
+            return self.reduction[base] / self.reduction[path]
+        return None
+
+    def memory_extra(self, path: str, input_mib: float = 1024.0) -> float | None:
+        for m in self.memory:
+            if m["path"] == path and abs(m["input_mib"] - input_mib) < 1:
+                return m["extra_mib"]
+        return None
+
+    def has_mixed(self) -> bool:
+        return any("compiled_mixed" in row for row in self.update.values())
+
+    # --- targets
+    def targets(self) -> list[tuple[str, str, bool | None]]:
+        t = TARGETS
+        out: list[tuple[str, str, bool | None]] = []
+        tr = self.training or {}
+        ov = tr.get("overhead", {})
+        if "fast_cpp" in ov:
+            v = ov["fast_cpp"]
+            out.append(
+                (
+                    f"training overhead, float64 state ≤ {t['train_overhead_max']:.0%}",
+                    f"{v:+.1%}",
+                    v <= t["train_overhead_max"],
+                )
+            )
+        else:
+            out.append((f"training overhead, float64 state ≤ {t['train_overhead_max']:.0%}", "not measured", None))
+        if "fast_mixed" in ov:
+            v = ov["fast_mixed"]
+            out.append(
+                (
+                    f"training overhead, precision='mixed' ≤ {t['train_overhead_mixed_max']:.0%}",
+                    f"{v:+.1%}",
+                    v <= t["train_overhead_mixed_max"],
+                )
+            )
+        s = self.speedup("conv-64x64x32x32")
+        out.append(
+            (
+                f"update op ≥ {t['update_speedup_64x64x32x32_min']:.0f}× faster than delve at (64, 64, 32, 32)",
+                _x(s),
+                None if s is None else s >= t["update_speedup_64x64x32x32_min"],
+            )
+        )
+        speedups = {c.id: self.speedup(c.id) for c in UPDATE_CASES if self.speedup(c.id) is not None}
+        if speedups:
+            worst = min(speedups, key=speedups.get)
+            out.append(
+                (
+                    "update op never slower than delve at any listed shape",
+                    f"slowest: {_x(speedups[worst])} at {CASES_BY_ID[worst].label}",
+                    speedups[worst] >= t["update_speedup_all_min"],
+                )
+            )
+        else:
+            out.append(("update op never slower than delve at any listed shape", "not measured", None))
+        fracs = {c.id: self.roofline_fraction(c.id) for c in UPDATE_CASES if c.is_conv}
+        fracs = {k: v for k, v in fracs.items() if v is not None}
+        if fracs:
+            worst = min(fracs, key=fracs.get)
+            out.append(
+                (
+                    f"update op ≥ {t['roofline_fraction_conv_min']} of roofline at every conv shape (incl. channels_last)",
+                    f"lowest: {fracs[worst]:.2f} at {CASES_BY_ID[worst].label}",
+                    fracs[worst] >= t["roofline_fraction_conv_min"],
+                )
+            )
+        r = self.reduction_speedup()
+        out.append(
+            (
+                f"reduction ≥ {t['reduction_speedup_min']:.0f}× faster than delve's per-stat eigh loop",
+                _x(r),
+                None if r is None else r >= t["reduction_speedup_min"],
+            )
+        )
+        mem = [m for m in self.memory if m["path"] == "compiled"]
+        if mem:
+            worst = max(m["extra_mib"] for m in mem)
+            out.append(
+                (
+                    f"compiled op's extra peak ≤ {t['memory_extra_compiled_max_mib']:.0f} MiB whatever the batch",
+                    f"{worst:.1f} MiB (largest over {len(mem)} batch sizes)",
+                    worst <= t["memory_extra_compiled_max_mib"],
+                )
+            )
+        else:
+            out.append(("compiled op's extra peak ≤ 64 MiB whatever the batch", "not measured", None))
+        return out
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def machine_line(r: Results) -> str:
+    m = r.machine
+    if not m:
+        return "machine: unknown"
+    isa = f", delve_fast CPU kernel ISA {m['cpu_kernel_isa']}" if m.get("cpu_kernel_isa") else ""
+    load = ""
+    if m.get("loadavg_start") is not None:
+        load = (
+            f"; 1-min load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', float('nan')):.1f} at end"
+        )
+    return (
+        f"**Machine:** {m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, "
+        f"{m.get('torch_threads')} torch threads; torch {m.get('torch_version')} "
+        f"(MKL {'yes' if m.get('mkl') else 'no'}), Python {m.get('python')}{isa}{load}."
+    )
+
+
+def update_table(r: Results) -> list[str]:
+    mixed = r.has_mixed()
+    head = ["batch (fp32)", "C", "samples K", "compiled ms", "twin ms", "delve ms"]
+    if mixed:
+        head.append("mixed ms")
+    head += ["roofline ms", "compiled vs delve", "twin vs delve"]
+    if mixed:
+        head.append("mixed vs delve")
+    head.append("fraction of roofline")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case in UPDATE_CASES:
+        row = r.update.get(case.id, {})
+        cells = [
+            case.label,
+            str(case.channels),
+            str(case.samples),
+            _ms(row.get("compiled")),
+            _ms(row.get("twin")),
+            _ms(row.get("delve")),
+        ]
+        if mixed:
+            cells.append(_ms(row.get("compiled_mixed")))
+        cells += [_ms(r.roofline_s(case.id)), _x(r.speedup(case.id)), _x(r.speedup(case.id, "twin"))]
+        if mixed:
+            cells.append(_x(r.speedup(case.id, "compiled_mixed")))
+        frac = r.roofline_fraction(case.id)
+        cells.append("–" if frac is None else f"{frac:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def training_section(r: Results) -> list[str]:
+    tr = r.training
+    if not tr:
+        return ["Not measured in this run (no tracker available, or the test was deselected)."]
+    med = tr["median_ms"]
+    sat = tr.get("add_saturations_ms", {})
+    epoch_ms = tr["epoch_steps"] * med["none"]
+    lines = [
+        f"{tr['rounds']} rounds after warm-up; each round runs one SGD step (batch {tr['batch']}) of every model, "
+        "in an order that rotates each round. Medians of the step times; overhead = median with / median without − 1. "
+        f"`add_saturations()` is timed separately (median of {len(next(iter(sat.values()), []))} calls) and amortised over "
+        f"one epoch of {tr['epoch_steps']} steps (CIFAR-10 at batch 64).",
+        "",
+        "| tracker | median step ms | overhead per step | add_saturations() ms | add_saturations() per epoch |",
+        "|---|---|---|---|---|",
+        f"| none | {med['none']:.1f} | – | – | – |",
+    ]
+    for v in tr["variants"]:
+        if v not in med:
+            continue
+        s = statistics.median(sat[v]) if sat.get(v) else None
+        lines.append(
+            f"| {VARIANT_LABELS.get(v, v)} | {med[v]:.1f} | {tr['overhead'][v]:+.1%} | "
+            f"{'–' if s is None else f'{s:.1f}'} | {'–' if s is None else f'{s / epoch_ms:.3%}'} |"
+        )
+    if tr.get("tracker_note"):
+        lines += ["", f"Note: {tr['tracker_note']}"]
+    return lines
+
+
+def reduction_section(r: Results) -> list[str]:
+    if not r.reduction:
+        return ["Not measured in this run."]
+    lines = [
+        "Eigenvalues of the 9 tracked layers' covariances (C = 64, 64, 128, 128, 256, 256, 512, 256, 10), "
+        "then lsat and idim. delve_fast: one batched `eigvalsh_desc` call; delve 0.1.50: "
+        "`compute_saturation` and `compute_intrinsic_dimensionality` per layer, each its own `torch.linalg.eigh`.",
+        "",
+        "| path | ms | speed-up over delve (lsat+idim) |",
+        "|---|---|---|",
+    ]
+    for p in ("compiled", "twin", "delve", "delve_dtrc"):
+        if p in r.reduction:
+            lines.append(f"| {PATH_LABELS.get(p, p)} | {_ms(r.reduction[p])} | {_x(r.reduction_speedup(p))} |")
+    return lines
+
+
+def memory_section(r: Results) -> list[str]:
+    if not r.memory:
+        return ["Not measured in this run."]
+    lines = [
+        "One update, each path in a fresh process; extra = peak RSS during the update − RSS just before it "
+        f"(input and state already allocated; method: {r.memory[0].get('method')}).",
+        "",
+        "| path | batch | input MiB | extra peak MiB | extra / input |",
+        "|---|---|---|---|---|",
+    ]
+    for m in sorted(r.memory, key=lambda m: (-m["input_mib"], m["path"])):
+        shape = "×".join(map(str, m["shape"]))
+        lines.append(
+            f"| {PATH_LABELS.get(m['path'], m['path'])} | ({shape}) | {m['input_mib']:.0f} | "
+            f"{m['extra_mib']:.1f} | {m['extra_mib'] / m['input_mib']:.2f} |"
+        )
+    return lines
+
+
+def render_markdown(r: Results, png_name: str | None) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`pytest benchmarks --benchmark-only`, then `python -m benchmarks.report`) "
+        f"from the run of {r.datetime or 'unknown date'}. Do not edit by hand.",
+        "",
+        machine_line(r),
+        "",
+        "All comparisons come from the same run. The machine is shared and noisy: read the figures as ratios, "
+        "and expect ±10–20 % between runs.",
+        "",
+        "## Targets (issue 5)",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    for name, measured, ok in r.targets():
+        lines.append(f"| {name} | {measured} | {_verdict(ok)} |")
+    lines += [
+        "",
+        "## 1. The covariance update op",
+        "",
+        "Median time of one update of a float64 state. Paths: **compiled** = `delve_fast.ops.cov_update_(..., "
+        "backend='cpp')` on the zero-copy `(N, C, S)` view; **twin** = the same op with `backend='torch'`; "
+        "**delve** = delve 0.1.50's path, the channelwise permuted reshape plus "
+        "`delve.torch_utils.TorchCovarianceMatrix.update` (float64 cast and full matmul); **roofline** = "
+        "N·S·C·(C+1) flops at the fp64 GEMM rate"
+        + (
+            f" measured in this run: **{r.gemm_rate / 1e9:.1f} GFLOP/s** (`torch.mm`, 2048² fp64)."
+            if r.gemm_rate
+            else "."
+        ),
+        "Fraction of roofline = roofline time / compiled time. Tokens are viewed `(B·T, D, 1)` by delve_fast and "
+        "`(B·T, D)` for delve.",
+        "",
+        *update_table(r),
+        "",
+        "## 2. The reduction",
+        "",
+        *reduction_section(r),
+        "",
+        "## 3. Training overhead",
+        "",
+        "VGG-style model (conv 3→64, 64→64, pool, 64→128, 128→128, pool, 128→256, 256→256, pool, 256→512, pool, "
+        "Linear 2048→256, 256→10, ReLUs), random 32×32 inputs, batch 64, SGD, stats `lsat` and `idim`, "
+        "7 convs + 2 linears tracked, " + f"{r.machine.get('torch_threads', '?')} threads.",
+        "",
+        *training_section(r),
+        "",
+        "## 4. Memory",
+        "",
+        *memory_section(r),
+        "",
+    ]
+    if png_name:
+        lines += ["## Chart", "", f"![benchmarks]({png_name})", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def render_chart(r: Results, png: Path) -> bool:
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+
+    ax = axes[0][0]
+    cases = [c for c in UPDATE_CASES if c.id in r.update]
+    series = [("compiled", "compiled"), ("twin", "twin")]
+    if r.has_mixed():
+        series.append(("compiled_mixed", "compiled, mixed"))
+    width = 0.8 / (len(series) + 1)
+    xs = range(len(cases))
+    for i, (path, label) in enumerate(series):
+        vals = [r.speedup(c.id, path) or 0 for c in cases]
+        ax.bar([x + i * width for x in xs], vals, width, label=label)
+    roof = [(r.update[c.id].get("delve", 0) / r.roofline_s(c.id)) if r.roofline_s(c.id) else 0 for c in cases]
+    ax.bar([x + len(series) * width for x in xs], roof, width, label="roofline", color="lightgray", hatch="//")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.axhline(TARGETS["update_speedup_64x64x32x32_min"], color="r", ls="--", lw=0.8, label="3× target")
+    ax.set_xticks([x + width * len(series) / 2 for x in xs])
+    ax.set_xticklabels([c.id for c in cases], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speed-up over delve 0.1.50 (×)")
+    ax.set_title("1. update op")
+    ax.legend(fontsize=8)
+
+    ax = axes[0][1]
+    if r.reduction:
+        paths = [p for p in ("compiled", "twin", "delve", "delve_dtrc") if p in r.reduction]
+        ax.bar([PATH_LABELS[p] for p in paths], [r.reduction[p] * 1e3 for p in paths], color="tab:green")
+        ax.set_ylabel("ms for 9 layers")
+        ax.tick_params(axis="x", labelsize=8)
+    ax.set_title("2. reduction (lower is better)")
+
+    ax = axes[1][0]
+    if r.training:
+        ov = r.training["overhead"]
+        vs = [v for v in r.training["variants"] if v in ov]
+        ax.bar([VARIANT_LABELS.get(v, v) for v in vs], [ov[v] * 100 for v in vs], color="tab:orange")
+        ax.axhline(TARGETS["train_overhead_max"] * 100, color="r", ls="--", lw=0.8, label="10% target")
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    ax.set_ylabel("training-step overhead (%)")
+    ax.set_title("3. training overhead (lower is better)")
+
+    ax = axes[1][1]
+    if r.memory:
+        mems = sorted(r.memory, key=lambda m: (-m["input_mib"], m["path"]))
+        labels = [f"{PATH_LABELS.get(m['path'], m['path'])}\n{m['input_mib']:.0f} MiB in" for m in mems]
+        ax.bar(labels, [max(m["extra_mib"], 0.1) for m in mems], color="tab:purple")
+        ax.set_yscale("log")
+        ax.axhline(TARGETS["memory_extra_compiled_max_mib"], color="r", ls="--", lw=0.8, label="64 MiB bound")
+        ax.legend(fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    ax.set_ylabel("extra peak RSS (MiB, log)")
+    ax.set_title("4. memory of one update (lower is better)")
+
+    m = r.machine
+    fig.suptitle(
+        f"delve_fast benchmarks: {m.get('cpu_model', '?')}, {m.get('torch_threads', '?')} threads, torch {m.get('torch_version', '?')}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", type=Path, default=RESULTS_JSON)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    if not args.json.exists():
+        raise SystemExit(f"no benchmark results at {args.json}; run `pytest benchmarks --benchmark-only` first")
+    r = Results(json.loads(args.json.read_text()))
+    png = args.out.with_suffix(".png")
+    drew = render_chart(r, png)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render_markdown(r, png.name if drew else None))
+    print(f"wrote {args.out}" + (f" and {png}" if drew else ""))
+    for name, measured, ok in r.targets():
+        print(f"  {'MET   ' if ok else 'MISSED' if ok is False else 'n/a   '} {name}: {measured}")
+
+
+if __name__ == "__main__":
+    main()

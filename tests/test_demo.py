@@ -1,0 +1,125 @@
+"""The demo entry point: one short epoch on a subset of the digits, checked end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+
+from delve_fast.cli import main
+from delve_fast.demo import RUN_NAME, DigitsCNN, feature_sizes
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SIZES = feature_sizes(DigitsCNN())
+STATS = ("saturation", "intrinsic-dimensionality")
+MODES = ("train", "eval")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """Run ``delve-fast demo`` for 1 epoch on 200 images; return (output folder, stdout)."""
+    out_dir = tmp_path_factory.mktemp("demo")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["demo", "--epochs", "1", "--subset", "200", "--output", str(out_dir), "--no-progress"])
+    assert rc == 0, stdout.getvalue()
+    return out_dir, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_csv(demo_run) -> pd.DataFrame:
+    out_dir, _ = demo_run
+    return pd.read_csv(out_dir / f"{RUN_NAME}.csv", sep=";", index_col=0)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100
+    assert image.std() > 0
+
+
+def test_model_has_several_conv_and_linear_layers():
+    names = list(SIZES)
+    assert sum(n.startswith("conv") for n in names) >= 3
+    assert sum(n.startswith("fc") for n in names) >= 2
+
+
+def test_csv_has_one_row_and_every_layer_stat_column(demo_csv):
+    assert list(demo_csv.index) == [0]
+    expected = {f"{mode}-{stat}_{layer}" for mode in MODES for stat in STATS for layer in SIZES}
+    assert expected <= set(demo_csv.columns)
+    extra = set(demo_csv.columns) - expected
+    assert extra == {"train_loss", "test_loss", "test_accuracy"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_saturation_and_idim_in_range(demo_csv, mode):
+    for layer, size in SIZES.items():
+        sat = demo_csv[f"{mode}-saturation_{layer}"].iloc[-1]
+        idim = demo_csv[f"{mode}-intrinsic-dimensionality_{layer}"].iloc[-1]
+        assert 0 < sat <= 1, (layer, sat)
+        assert float(idim).is_integer() and 1 <= idim <= size, (layer, idim)
+        # delve's definition: saturation = intrinsic dimensionality / feature-space size
+        assert sat == pytest.approx(idim / size)
+
+
+def test_scalars_are_plausible(demo_csv):
+    assert demo_csv["train_loss"].iloc[-1] > 0
+    assert 0 <= demo_csv["test_accuracy"].iloc[-1] <= 1
+
+
+def test_pngs_exist_and_are_images(demo_run):
+    out_dir, _ = demo_run
+    assert_png(out_dir / f"{RUN_NAME}_saturation_heatmap.png")
+    for stat in ("lsat", "idim"):
+        for mode in MODES:
+            assert_png(out_dir / f"{RUN_NAME}_{stat}_{mode}_epoch_0.png")
+
+
+def test_printed_table_and_paths(demo_run, demo_csv):
+    out_dir, stdout = demo_run
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.split()}
+    for layer, size in SIZES.items():
+        row = rows[layer]
+        # layer, features, train sat, eval sat, train idim, eval idim
+        assert int(row[1]) == size
+        assert float(row[2]) == pytest.approx(demo_csv[f"train-saturation_{layer}"].iloc[-1], abs=5e-4)
+        assert float(row[3]) == pytest.approx(demo_csv[f"eval-saturation_{layer}"].iloc[-1], abs=5e-4)
+        assert int(row[4]) == demo_csv[f"train-intrinsic-dimensionality_{layer}"].iloc[-1]
+        assert int(row[5]) == demo_csv[f"eval-intrinsic-dimensionality_{layer}"].iloc[-1]
+    assert str(out_dir / f"{RUN_NAME}.csv") in stdout
+    assert str(out_dir / f"{RUN_NAME}_saturation_heatmap.png") in stdout
+
+
+def test_report_on_demo_csv(demo_run, tmp_path, capsys):
+    out_dir, _ = demo_run
+    assert main(["report", str(out_dir / f"{RUN_NAME}.csv"), "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    for layer, size in SIZES.items():
+        assert int(rows[layer][1]) == size  # recovered from idim / saturation
+    assert_png(tmp_path / f"{RUN_NAME}_saturation_heatmap.png")
+
+
+def test_report_on_demo_csv_via_python_dash_m(demo_run, tmp_path):
+    out_dir, _ = demo_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "delve_fast", "report", str(out_dir / f"{RUN_NAME}.csv"), "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for layer in SIZES:
+        assert layer in proc.stdout
+    assert_png(tmp_path / f"{RUN_NAME}_saturation_heatmap.png")
