@@ -84,6 +84,19 @@ void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, i
   }
 }
 
+// Packs feature blocks [b0, b1) only: a block range of a panel is laid out
+// exactly like the panel of a batch restricted to those features.
+template <typename scalar_t>
+void pack_panel_blocks(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc,
+                       double* panel, double* sums, int64_t b0, int64_t b1) {
+  const int64_t ch0 = b0 * kBlock;
+  BatchView sub = v;
+  sub.c = std::min(v.c, b1 * kBlock) - ch0;
+  sub.nblk = b1 - b0;
+  sub.cpad = sub.nblk * kBlock;
+  pack_panel(base + ch0 * v.sc, sub, shift + ch0, k0, kc, panel + b0 * kc * kBlock, sums + ch0);
+}
+
 template <typename scalar_t>
 void initial_shift(const scalar_t* base, const BatchView& v, double* shift) {
   const int64_t m = std::min(v.k, kShiftSamples);
@@ -161,7 +174,9 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   std::vector<double> panel(kc_big * v.cpad);
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
     const int64_t kc = std::min(kc_big, v.k - k0);
-    pack_panel(base, v, shift, k0, kc, panel.data(), sums);
+    at::parallel_for(0, v.nblk, 1, [&](int64_t b0, int64_t b1) {
+      pack_panel_blocks(base, v, shift, k0, kc, panel.data(), sums, b0, b1);
+    });
     at::parallel_for(0, npairs_all, 1, [&](int64_t p0, int64_t p1) {
       gram(panel.data(), kc, v.c, g, v.c, pairs.data() + 2 * p0, p1 - p0);
     });
