@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import platform
 import statistics
@@ -296,6 +297,8 @@ def make_tracker(variant: str, model: nn.Module, savefile: str):
     if variant == "delve":
         import delve  # noqa: PLC0415
 
+        logging.getLogger("delve").setLevel(logging.WARNING)  # it logs every hooked layer at INFO
+
         return delve.SaturationTracker(savefile, save_to="csv", modules=model, stats=stats, device="cpu")
     from delve_fast.tracker import SaturationTracker  # noqa: PLC0415
 
@@ -318,8 +321,8 @@ EPOCH_STEPS = 782
 
 def run_training_overhead(
     variants: list[str],
-    rounds: int = 25,
-    warmup: int = 3,
+    rounds: int = 20,
+    warmup: int = 2,
     sat_calls: int = 3,
     sat_steps: int = 2,
     batch: int = 64,

@@ -192,7 +192,7 @@ class LinearPCALayer(nn.Module):
         """Choose the kept eigenspace from the eigenvalues and build the projections."""
         if not getattr(self, "_has_eigenspace", False):
             return
-        dims = S.intrinsic_dimensionality(self.eigenvalues, self.threshold)
+        dims = S.intrinsic_dimensionality(self.eigenvalues, self.threshold, rule="gap")
         basis = self.eigenvectors[:, :dims]
         self.transformation_matrix = (basis @ basis.t()).to(torch.float32)
         self.reduced_transformation_matrix = basis.to(torch.float32).contiguous()

@@ -33,6 +33,7 @@ __all__ = [
     "embed",
     "compute_intrinsic_dimensionality",
     "compute_saturation",
+    "IDIM_RULES",
 ]
 
 #: Short stat keys (the ``stats=`` argument) mapped to the names used in CSV
@@ -55,9 +56,11 @@ MODES: tuple[str, str] = ("train", "eval")
 #: Stat keys accepted by the tracker (each may carry a ``_train``/``_eval`` suffix).
 SUPPORTED_STATS: tuple[str, ...] = ("lsat", "idim", "cov", "det", "trc", "dtrc", "embed", "logdet")
 
-#: delve's rule adds one extra direction only when the explained variance of
-#: the kept directions falls short of the threshold by more than this.
+#: Shortfall beyond which the optional gap rule adds one direction (delve's PCA layers).
 IDIM_GAP = 0.02
+
+#: Accepted ``rule`` values of :func:`intrinsic_dimensionality`.
+IDIM_RULES: tuple[str, ...] = ("delve", "gap")
 
 
 def _as_numpy(eigenvalues: Any) -> np.ndarray:
@@ -69,15 +72,26 @@ def _as_numpy(eigenvalues: Any) -> np.ndarray:
     return arr
 
 
-def intrinsic_dimensionality(eigenvalues: Any, threshold: float = 0.99) -> int:
+def intrinsic_dimensionality(eigenvalues: Any, threshold: float = 0.99, *, rule: str = "delve") -> int:
     """Number of eigendirections needed to explain ``threshold`` of the variance.
 
-    The rule is delve's, kept exactly so the numbers agree: with
-    ``p_k = (l_1 + ... + l_k) / sum(l)`` for eigenvalues in descending order,
-    count the ``k`` with ``p_k < threshold``. If there are none the result is 1.
-    Otherwise one more direction is added, but only when the last counted
-    ``p_k`` falls short of the threshold by more than 0.02. The result never
-    exceeds the number of eigenvalues.
+    With ``p_k = (l_1 + ... + l_k) / sum(l)`` for eigenvalues in descending
+    order, two rules are offered:
+
+    ``"delve"`` (default)
+        The number of ``k`` with ``p_k < threshold``. This is exactly what
+        delve 0.1.50's tracker reports, so the numbers agree. It is 0 when the
+        first direction alone explains ``threshold`` of the variance, and for
+        a covariance with zero variance. delve's code means to return at least
+        1 and to add one direction when the last counted ``p_k`` falls short of
+        the threshold by more than 0.02, but both adjustments slice the
+        already-truncated eigenvector matrix there, so neither changes the
+        number it reports.
+    ``"gap"``
+        Those two adjustments applied: at least 1, plus one direction when
+        ``threshold - p_last > 0.02`` (never beyond the number of
+        eigenvalues). delve's PCA layers do apply them, and so do
+        delve_fast's.
 
     Parameters
     ----------
@@ -85,32 +99,35 @@ def intrinsic_dimensionality(eigenvalues: Any, threshold: float = 0.99) -> int:
         1-D, descending, non-negative.
     threshold : float, default 0.99
         Share of the total variance to explain.
+    rule : {"delve", "gap"}, default "delve"
 
     Returns
     -------
     int
-        At least 1. A covariance with zero total variance gives 1, as delve's
-        rule does (its shares are all NaN, so none is counted).
     """
+    if rule not in IDIM_RULES:
+        raise ValueError(f"rule={rule!r} is not supported; choose one of {', '.join(map(repr, IDIM_RULES))}")
     lam = _as_numpy(eigenvalues)
     dim = lam.shape[0]
     if dim == 0:
         raise ValueError("intrinsic dimensionality of an empty eigenvalue array is undefined")
     total = lam.sum()
     if not np.isfinite(total) or total <= 0.0:
-        return 1
+        # delve's shares are 0/0 = NaN here: no comparison is true.
+        return 0 if rule == "delve" else 1
     shares = np.cumsum(lam) / total
     below = shares < threshold
     count = int(below.sum())
+    if rule == "delve":
+        return count
     if count == 0:
         return 1
-    last_share = float(shares[below][-1])
-    if threshold - last_share > IDIM_GAP:
+    if threshold - float(shares[below][-1]) > IDIM_GAP:
         count += 1
     return min(count, dim)
 
 
-def saturation(eigenvalues: Any, threshold: float = 0.99) -> float:
+def saturation(eigenvalues: Any, threshold: float = 0.99, *, rule: str = "delve") -> float:
     """Layer saturation: intrinsic dimensionality divided by the feature count.
 
     Parameters
@@ -118,14 +135,16 @@ def saturation(eigenvalues: Any, threshold: float = 0.99) -> float:
     eigenvalues : array-like or torch.Tensor
         1-D, descending, non-negative; its length is the feature count.
     threshold : float, default 0.99
+    rule : {"delve", "gap"}, default "delve"
+        See :func:`intrinsic_dimensionality`.
 
     Returns
     -------
     float
-        In ``(0, 1]``.
+        In ``[0, 1]``.
     """
     lam = _as_numpy(eigenvalues)
-    return intrinsic_dimensionality(lam, threshold) / lam.shape[0]
+    return intrinsic_dimensionality(lam, threshold, rule=rule) / lam.shape[0]
 
 
 def covariance_trace(cov: torch.Tensor | np.ndarray) -> float:

@@ -263,6 +263,10 @@ def _layouts(device):
         # sample-major inside a feature, padded gap between features
         return base.as_strided((n, c, s), (1, n * s + 5, n)), base
 
+    def broadcast_channels(seed):
+        base = rnd((12, 1, 5), seed)  # every feature is the same value (channel stride 0)
+        return base.expand(12, 19, 5), base
+
     def channels_last(seed):
         base = rnd((6, 24, 5, 7), seed).contiguous(memory_format=torch.channels_last)
         return as_channel_view(base), base
@@ -298,6 +302,7 @@ def _layouts(device):
             permuted_snc,
             linear_transposed,
             expanded_stride0,
+            broadcast_channels,
             as_strided_generic,
             channels_last,
             nchw,
@@ -359,11 +364,20 @@ def test_input_not_modified(impl, layout, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_several_updates_then_reset(impl, device):
+@pytest.mark.parametrize(
+    "c, sizes",
+    [
+        (23, [(1, 1), (5, 3), (300, 1), (2, 2), (4097, 1), (17, 40), (1, 1)]),
+        # C = 33 with 20000 samples takes the per-thread-accumulator split of the
+        # CPU kernel; C = 200 the shared-panel split.
+        (33, [(20000, 1), (3, 7), (1, 1), (50, 200)]),
+        (200, [(2, 1), (900, 1), (4, 60), (1, 1)]),
+    ],
+    ids=["c23", "c33", "c200"],
+)
+def test_several_updates_then_reset(impl, device, c, sizes):
     """Batches of different sizes and layouts in a row, checked after every update, then a reset."""
     fn = _fn_for(impl, device)
-    c = 23
-    sizes = [(1, 1), (5, 3), (300, 1), (2, 2), (4097, 1), (17, 40), (1, 1)]
     batches = []
     for i, (n, s) in enumerate(sizes):
         x = make_batch(n, c, s, seed=100 + i, device=device, offset=3.0 + i)  # drifting mean
@@ -411,6 +425,26 @@ def test_public_entry_point(compiled, backend):  # noqa: ARG001 (compiled: fail 
     for x in batches:
         ops.cov_update_(mean, m2, x, count, backend=backend)
         count += x.shape[0] * x.shape[2]
+    check_vs_numpy(mean, m2, count, batches)
+
+
+def test_state_never_joins_autograd_graph(impl):
+    """Activations from a training forward pass require grad; the float64 state must stay a plain buffer.
+
+    If the state picked up a grad_fn it would keep every batch's autograd graph
+    (and activations) alive for the whole run.
+    """
+    fn = _fn_for(impl, "cpu")
+    w = torch.randn(6, 6, requires_grad=True)
+    batches = [torch.randn(n, 5, 6) @ w for n in (8, 3)]  # (N, C=5, S=6), part of a graph
+    assert all(x.requires_grad for x in batches)
+    mean, m2 = fresh_state(5)
+    count = 0
+    for x in batches:
+        fn(mean, m2, x, count)
+        count += x.shape[0] * x.shape[2]
+    assert not mean.requires_grad and mean.grad_fn is None
+    assert not m2.requires_grad and m2.grad_fn is None
     check_vs_numpy(mean, m2, count, batches)
 
 
@@ -535,3 +569,10 @@ def test_opcheck(compiled, dtype, layout, count):
     a = torch.randn(19, 19, generator=gen, dtype=torch.float64)
     m2 = a @ a.t() if count else torch.zeros(19, 19, dtype=torch.float64)
     torch.library.opcheck(compiled.cov_update_.default, (mean, m2, x, count))
+
+
+def test_opcheck_input_requires_grad(compiled):
+    """opcheck's autograd-registration test only bites when an input requires grad."""
+    x = torch.randn(5, 7, 3, requires_grad=True)
+    mean, m2 = fresh_state(7)
+    torch.library.opcheck(compiled.cov_update_.default, (mean, m2, x, 0))

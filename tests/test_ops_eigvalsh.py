@@ -78,9 +78,7 @@ def check_result(out, mats):
         assert w.dtype == a.dtype and w.device == a.device
         assert bool((w >= 0).all()), "negative eigenvalue survived the clamp"
         assert bool((w[1:] <= w[:-1]).all()), "not descending"
-        torch.testing.assert_close(
-            w.cpu().to(torch.float64), torch.from_numpy(expected_desc(a)), rtol=0, atol=tol(a)
-        )
+        torch.testing.assert_close(w.cpu().to(torch.float64), torch.from_numpy(expected_desc(a)), rtol=0, atol=tol(a))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -190,4 +188,15 @@ def test_bad_input_rejected(compiled, bad, pattern):
 
 def test_opcheck(compiled):
     mats = [spd(n, seed=n) for n in (1, 4, 17)] + [psd_rank_deficient(9, 3, seed=1, dtype=torch.float32)]
+    torch.library.opcheck(compiled.eigvalsh_desc.default, (mats,))
+
+
+def test_opcheck_input_requires_grad(compiled):
+    """Covariances that require grad (e.g. a state built from activations) must not get a bogus graph.
+
+    opcheck's autograd checks only run when an input requires grad. The op has
+    no autograd kernel, so its output must not require grad either (or it
+    needs a real backward).
+    """
+    mats = [spd(n, seed=n).requires_grad_() for n in (2, 5)]
     torch.library.opcheck(compiled.eigvalsh_desc.default, (mats,))

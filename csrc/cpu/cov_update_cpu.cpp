@@ -216,12 +216,25 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
     d[i] = sums[i] / k;
     delta[i] = (shift[i] + d[i]) - mu[i];
   }
-  for (int64_t i = 0; i < c; ++i) {
-    double* row = g + i * c;
-    for (int64_t j = i; j < c; ++j) row[j] += w * delta[i] * delta[j] - k * d[i] * d[j];
-  }
-  for (int64_t i = 0; i < c; ++i)
-    for (int64_t j = 0; j < i; ++j) g[i * c + j] = g[j * c + i];
+  // Tiles of 64 x 64 keep both the row reads and the transposed writes of the
+  // mirror inside a few pages; a plain column walk thrashes the TLB at large C.
+  constexpr int64_t kTile = 64;
+  const int64_t ntile = (c + kTile - 1) / kTile;
+  at::parallel_for(0, ntile, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t i0 = ti * kTile, i1 = std::min(c, i0 + kTile);
+      for (int64_t j0 = i0; j0 < c; j0 += kTile) {
+        const int64_t j1 = std::min(c, j0 + kTile);
+        for (int64_t i = i0; i < i1; ++i) {
+          double* row = g + i * c;
+          const double wi = w * delta[i], ki = k * d[i];
+          for (int64_t j = std::max(i, j0); j < j1; ++j) row[j] += wi * delta[j] - ki * d[j];
+        }
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = std::max(i + 1, j0); j < j1; ++j) g[j * c + i] = g[i * c + j];
+      }
+    }
+  });
   for (int64_t i = 0; i < c; ++i) mu[i] += delta[i] * (k / total);
 }
 

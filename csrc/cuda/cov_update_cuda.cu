@@ -211,6 +211,29 @@ __global__ void __launch_bounds__(kMergeTile* kMergeRows)
   if (bi == bj && threadIdx.y == 0 && ri + tx < c) mean[ri + tx] += delta[ri + tx] * mean_step;
 }
 
+struct SplitPlan {
+  int64_t ntile;   // tiles per side of the Gram matrix
+  int64_t ntiles;  // upper-triangle tiles: grid.x of syrk_tiles_kernel
+  int64_t nsplit;  // sample splits: grid.y, and partial buffers
+  int64_t chunk;   // samples per split, a multiple of kTileK
+};
+
+// Splits the samples until there are a few blocks per SM, within the memory cap
+// on partial buffers; every split is non-empty.
+inline SplitPlan plan_splits(int64_t c, int64_t k, int64_t sms) {
+  SplitPlan p{};
+  p.ntile = (c + kTile - 1) / kTile;
+  p.ntiles = p.ntile * (p.ntile + 1) / 2;
+  int64_t nsplit = std::max<int64_t>(1, (4 * sms + p.ntiles - 1) / p.ntiles);
+  nsplit = std::min(nsplit, std::max<int64_t>(1, k / kMinSplitSamples));
+  nsplit = std::min(nsplit, std::max<int64_t>(1, kPartialBytes / (c * c * static_cast<int64_t>(sizeof(double)))));
+  nsplit = std::min<int64_t>(nsplit, 65535);
+  const int64_t slabs = (k + kTileK - 1) / kTileK;
+  p.chunk = (slabs + nsplit - 1) / nsplit * kTileK;
+  p.nsplit = (k + p.chunk - 1) / p.chunk;
+  return p;
+}
+
 void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count) {
   const int64_t c = check_cov_update_args(mean, m2, x, count);
   TORCH_CHECK(x.is_cuda(), "cov_update_: the CUDA kernel got x on ", x.device());
@@ -224,18 +247,9 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
   // fastest; otherwise features are the better (or only) contiguous axis.
   const bool samples_fast = g.ss == 1 && g.s > 1 && g.sc != 1;
 
-  const int64_t ntile = (c + kTile - 1) / kTile;
-  const int64_t ntiles = ntile * (ntile + 1) / 2;
-  TORCH_CHECK(ntiles <= INT32_MAX, "cov_update_: C=", c, " is too large for the CUDA kernel");
-  // Split the samples until there are a few blocks per SM, within the memory cap.
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  int64_t nsplit = std::max<int64_t>(1, (4 * sms + ntiles - 1) / ntiles);
-  nsplit = std::min(nsplit, std::max<int64_t>(1, k / kMinSplitSamples));
-  nsplit = std::min(nsplit, std::max<int64_t>(1, kPartialBytes / (c * c * int64_t{sizeof(double)})));
-  nsplit = std::min<int64_t>(nsplit, 65535);
-  const int64_t slabs = (k + kTileK - 1) / kTileK;
-  const int64_t chunk = (slabs + nsplit - 1) / nsplit * kTileK;
-  nsplit = (k + chunk - 1) / chunk;
+  const SplitPlan plan = plan_splits(c, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  TORCH_CHECK(plan.ntiles <= INT32_MAX, "cov_update_: C=", c, " is too large for the CUDA kernel");
+  const int64_t nsplit = plan.nsplit;
 
   // One workspace: shift (C) | psums (nsplit * C) | d, delta (2C) | partials (nsplit * C * C).
   at::Tensor ws = at::empty({c + nsplit * c + 2 * c + nsplit * c * c}, m2.options());
@@ -256,11 +270,13 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
       shift_kernel<scalar_t><<<blocks, threads, 0, stream>>>(base, g, std::min(k, kShiftSamples), ws_shift);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(nsplit));
+    const dim3 grid(static_cast<unsigned>(plan.ntiles), static_cast<unsigned>(nsplit));
     if (samples_fast) {
-      syrk_tiles_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(base, g, shift, ntile, chunk, part, psums);
+      syrk_tiles_kernel<scalar_t, true>
+          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, part, psums);
     } else {
-      syrk_tiles_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(base, g, shift, ntile, chunk, part, psums);
+      syrk_tiles_kernel<scalar_t, false>
+          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, part, psums);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
