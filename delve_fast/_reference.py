@@ -14,6 +14,8 @@ import torch
 
 __all__ = ["cov_update_", "eigvalsh_desc", "as_channel_view"]
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def as_channel_view(x: torch.Tensor) -> torch.Tensor:
     """Return ``x`` viewed as ``(N, C, S)`` without copying.
@@ -52,6 +54,8 @@ def as_channel_view(x: torch.Tensor) -> torch.Tensor:
 def _check_state(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> None:
     if x.dim() != 3:
         raise ValueError(f"x must be (N, C, S); got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64; got {x.dtype}")
     c = x.shape[1]
     if mean.dtype != torch.float64 or m2.dtype != torch.float64:
         raise TypeError(f"state must be float64; got mean {mean.dtype}, m2 {m2.dtype}")
@@ -91,6 +95,8 @@ def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: in
     k = n * s
     if k == 0:
         return
+    # The state is a plain buffer: it must never join the activation's graph.
+    x = x.detach()
     # (C, K) in float64. This may still alias x (float64 input, S == 1), so
     # centre out of place: the caller's activation must never change.
     a = x.permute(1, 0, 2).reshape(c, k).to(dtype=torch.float64, device=m2.device)

@@ -402,8 +402,7 @@ def plot_heatmap(
         1, len(modes), figsize=(panel_w * len(modes) + 1.6, fig_h), squeeze=False, constrained_layout=True
     )
     image = None
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     for ax, mode, frame in zip(axes[0], modes, frames):
         grid = frame.to_numpy(dtype=float).T  # layers x epochs
         image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)

@@ -150,6 +150,11 @@ class SaturationTracker:
         Keyword only. ``auto``, ``cpp`` or ``torch`` (see :func:`delve_fast.backend_info`).
     max_saved_samples : int, default 4096
         Keyword only. Bound on the samples kept per layer and mode for ``embed``.
+    idim_rule : {"delve", "gap"}, default "delve"
+        Keyword only. ``"delve"`` reports exactly delve 0.1.50's numbers
+        (which can be 0); ``"gap"`` is at least 1 and adds one direction when
+        the explained share falls short of the threshold by more than 0.02,
+        as delve's PCA layers do. See :func:`delve_fast.stats.intrinsic_dimensionality`.
 
     Examples
     --------
@@ -186,6 +191,7 @@ class SaturationTracker:
         *,
         backend: str | None = None,
         max_saved_samples: int = DEFAULT_MAX_SAVED_SAMPLES,
+        idim_rule: str = "delve",
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
@@ -219,6 +225,7 @@ class SaturationTracker:
         self.ignore_layer_names = list(ignore_layer_names)
         self.backend = None if backend is None else check_backend(backend)
         self.max_saved_samples = _check_int("max_saved_samples", max_saved_samples, 0)
+        self.idim_rule = _check_choice("idim_rule", idim_rule, S.IDIM_RULES)
         self.nosave = bool(nosave)
         self.verbose = bool(verbose)
         self.include_conv = bool(include_conv)
@@ -575,9 +582,9 @@ class SaturationTracker:
             for stat in self._mode_stats[mode]:
                 col = f"{mode}-{S.STATMAP[stat]}_{name}"
                 if stat == "lsat":
-                    values[col] = S.saturation(lam, self.threshold)
+                    values[col] = S.saturation(lam, self.threshold, rule=self.idim_rule)
                 elif stat == "idim":
-                    values[col] = S.intrinsic_dimensionality(lam, self.threshold)
+                    values[col] = S.intrinsic_dimensionality(lam, self.threshold, rule=self.idim_rule)
                 elif stat == "trc":
                     values[col] = float(traces[i])
                 elif stat == "dtrc":
@@ -595,7 +602,7 @@ class SaturationTracker:
                         samples[col] = S.embed(stored, state.mean(), vecs.flip(-1))
         if self.average_sat:
             for mode in S.MODES:
-                sats = [S.saturation(host_eigs[i], self.threshold) for i, p in enumerate(pending) if p[0] == mode]
+                sats = [S.saturation(host_eigs[i], self.threshold, rule=self.idim_rule) for i, p in enumerate(pending) if p[0] == mode]
                 if sats:
                     values[f"average-{mode}-sat"] = float(np.mean(sats))
         return values, samples

@@ -31,6 +31,16 @@ DEVICES = [
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Give the ``slow`` marker its documented meaning: skipped unless selected with ``-m slow``."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def compiled():
     """``torch.ops.delve_fast``; fails (not skips) when the extension did not load.

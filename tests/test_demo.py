@@ -92,8 +92,8 @@ def test_printed_table_and_paths(demo_run, demo_csv):
         row = rows[layer]
         # layer, features, train sat, eval sat, train idim, eval idim
         assert int(row[1]) == size
-        assert float(row[2]) == pytest.approx(demo_csv[f"train-saturation_{layer}"].iloc[-1], abs=5e-4)
-        assert float(row[3]) == pytest.approx(demo_csv[f"eval-saturation_{layer}"].iloc[-1], abs=5e-4)
+        assert float(row[2]) == pytest.approx(demo_csv[f"train-saturation_{layer}"].iloc[-1], abs=6e-4)
+        assert float(row[3]) == pytest.approx(demo_csv[f"eval-saturation_{layer}"].iloc[-1], abs=6e-4)
         assert int(row[4]) == demo_csv[f"train-intrinsic-dimensionality_{layer}"].iloc[-1]
         assert int(row[5]) == demo_csv[f"eval-intrinsic-dimensionality_{layer}"].iloc[-1]
     assert str(out_dir / f"{RUN_NAME}.csv") in stdout

@@ -82,11 +82,16 @@ def run_updates(fn, batches, device="cpu"):
     return mean, m2, count
 
 
-def check_vs_numpy(mean, m2, count, batches, rtol=RTOL):
-    """The state must match NumPy float64 of the concatenated samples."""
+def numpy_reference(batches):
+    """(mean, cov, K) of the concatenated samples of ``batches``, in NumPy float64."""
     samples = np.concatenate([samples_f64(x) for x in batches], axis=0)
-    ref_mean, ref_cov = np_mean_cov(samples)
-    assert count == samples.shape[0]
+    return (*np_mean_cov(samples), samples.shape[0])
+
+
+def check_vs_numpy(mean, m2, count, batches, rtol=RTOL, ref=None):
+    """The state must match NumPy float64 of the concatenated samples."""
+    ref_mean, ref_cov, k = ref if ref is not None else numpy_reference(batches)
+    assert count == k
     scale = np.sqrt(np.abs(np.diag(ref_cov)).max()) + np.abs(ref_mean).max()
     torch.testing.assert_close(
         mean.cpu(), torch.from_numpy(ref_mean), rtol=rtol, atol=rtol * scale, msg=lambda m: "mean: " + m
@@ -100,9 +105,10 @@ def check_vs_numpy(mean, m2, count, batches, rtol=RTOL):
 def compare_all(batches, device, compiled_fn, rtol=RTOL):
     """compiled and twin each vs NumPy, and compiled vs twin."""
     states = {}
+    ref = numpy_reference(batches)
     for name, fn in (("compiled", compiled_fn), ("twin", _reference.cov_update_)):
         mean, m2, count = run_updates(fn, batches, device)
-        check_vs_numpy(mean, m2, count, batches, rtol)
+        check_vs_numpy(mean, m2, count, batches, rtol, ref=ref)
         states[name] = (mean, m2 / count)
     (mc, cc), (mt, ct) = states["compiled"], states["twin"]
     torch.testing.assert_close(mc, mt, rtol=rtol, atol=rtol * float(mt.abs().max() + 1))

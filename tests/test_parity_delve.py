@@ -22,11 +22,11 @@ STATS = ["lsat", "idim", "trc", "dtrc"]
 
 
 def _idim_oracle(cov: np.ndarray, threshold: float) -> int:
-    """delve 0.1.50's tracker rule, written independently with NumPy: count the shares below threshold, at least 1."""
+    """delve 0.1.50's tracker rule, written independently with NumPy: count the shares below threshold."""
     lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 0.0, None))[::-1]
     shares = np.cumsum(lam) / lam.sum()
     kept = [s for s in shares if s < threshold]
-    return max(1, len(kept))
+    return len(kept)
 
 
 def _read(path: str) -> pd.DataFrame:

@@ -17,14 +17,14 @@ from delve_fast import stats as S
     [
         ([4.0, 3.0, 2.0, 1.0], 0.99, 3),  # shares .4 .7 .9 1.0
         ([4.0, 3.0, 2.0, 1.0], 0.5, 1),  # only .4 is below .5
-        ([4.0, 3.0, 2.0, 1.0], 0.35, 1),  # nothing below: at least 1
+        ([4.0, 3.0, 2.0, 1.0], 0.35, 0),  # nothing below: delve 0.1.50 reports 0
         ([98.0, 1.0, 1.0], 0.99, 1),  # .99 is not below .99
         ([1.0, 1.0, 1.0, 1.0], 1.0, 3),  # shares .25 .5 .75 1.0
-        ([5.0], 0.99, 1),
-        ([0.0, 0.0, 0.0], 0.99, 1),  # zero variance: delve's NaN shares count nothing
+        ([5.0], 0.99, 0),
+        ([0.0, 0.0, 0.0], 0.99, 0),  # zero variance: delve's NaN shares count nothing
     ],
 )
-def test_intrinsic_dimensionality_rule(eigenvalues, threshold, expected):
+def test_intrinsic_dimensionality_rule_of_delve(eigenvalues, threshold, expected):
     assert S.intrinsic_dimensionality(np.array(eigenvalues), threshold) == expected
     assert S.saturation(np.array(eigenvalues), threshold) == expected / len(eigenvalues)
 
@@ -34,16 +34,20 @@ def test_intrinsic_dimensionality_rule(eigenvalues, threshold, expected):
     [
         ([4.0, 3.0, 2.0, 1.0], 4),  # last share .9 is short of .99 by .09 > .02: one more
         ([60.0, 38.5, 1.5], 2),  # shares .6 .985: short by .005, nothing added
-        ([99.5, 0.5], 1),  # nothing below: 1, the gap rule does not apply
+        ([99.5, 0.5], 1),  # nothing below: at least 1, no extra direction
         ([1.0, 1.0], 2),  # .5 short by .49: add one, capped at 2
+        ([0.0, 0.0], 1),
     ],
 )
 def test_gap_rule_of_pca_layers(eigenvalues, expected):
-    assert S.intrinsic_dimensionality(np.array(eigenvalues), 0.99, gap_rule=True) == expected
+    assert S.intrinsic_dimensionality(np.array(eigenvalues), 0.99, rule="gap") == expected
+    assert S.saturation(np.array(eigenvalues), 0.99, rule="gap") == expected / len(eigenvalues)
+    with pytest.raises(ValueError, match="'nope'"):
+        S.intrinsic_dimensionality(np.array(eigenvalues), rule="nope")
 
 
 def test_idim_accepts_tensors_and_rejects_bad_shapes():
-    assert S.intrinsic_dimensionality(torch.tensor([3.0, 1.0], dtype=torch.float64), 0.7) == 1
+    assert S.intrinsic_dimensionality(torch.tensor([3.0, 1.0], dtype=torch.float64), 0.8) == 1
     with pytest.raises(ValueError):
         S.intrinsic_dimensionality(np.ones((2, 2)))
     with pytest.raises(ValueError):
@@ -115,13 +119,18 @@ def test_embed_uses_top_two_eigenvectors():
     data = 7.0 + rng.normal(size=(n, 1)) * 10 * q[:, 0] + rng.normal(size=(n, 1)) * 3 * q[:, 1]
     data += rng.normal(size=(n, 5)) * 1e-3
     x = torch.from_numpy(data)
-    cov = torch.from_numpy(np.cov(data, rowvar=False, bias=True))
-    _, vecs = torch.linalg.eigh(cov)
+    cov = np.cov(data, rowvar=False, bias=True)
+    _, vecs = torch.linalg.eigh(torch.from_numpy(cov))
     coords = S.embed(x, x.mean(0), vecs.flip(-1))
     assert coords.shape == (n, 2)
+    # Independent oracle: NumPy's top-2 eigenvectors of the sample covariance (signs are arbitrary).
+    w, v = np.linalg.eigh(cov)
+    top = v[:, np.argsort(w)[::-1][:2]]
     centred = data - data.mean(0)
-    np.testing.assert_allclose(np.abs(coords[:, 0]), np.abs(centred @ q[:, 0]), atol=1e-2)
-    np.testing.assert_allclose(np.abs(coords[:, 1]), np.abs(centred @ q[:, 1]), atol=1e-2)
+    np.testing.assert_allclose(np.abs(coords), np.abs(centred @ top), rtol=1e-8, atol=1e-8)
+    # Most of the spread lies along the planted directions.
+    assert np.std(coords[:, 0]) == pytest.approx(10, rel=0.15)
+    assert np.std(coords[:, 1]) == pytest.approx(3, rel=0.15)
     # A single feature leaves the second coordinate at zero.
     one = S.embed(x[:, :1], x[:, :1].mean(0), torch.ones(1, 1, dtype=torch.float64))
     assert np.all(one[:, 1] == 0)

@@ -168,7 +168,9 @@ __global__ void __launch_bounds__(kThreads)
   if (diag && tid < kTile && ci + tid < g.c) psums[p * g.c + ci + tid] = colsum;
 }
 
-// d = shifted batch mean, delta = (shift + d) - mean; both into vec (2 * C).
+// d = shifted batch mean, delta = batch mean - mean = (shift - mean) + d; both
+// into vec (2 * C). Grouped this way, shift == mean (count > 0) gives delta = d
+// exactly, so a large common offset never rounds the rank-1 correction.
 __global__ void batch_vectors_kernel(const double* __restrict__ psums, int64_t nsplit, int64_t c, double k,
                                      const double* shift, const double* mean, double* __restrict__ vec) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -177,7 +179,7 @@ __global__ void batch_vectors_kernel(const double* __restrict__ psums, int64_t n
   for (int64_t p = 0; p < nsplit; ++p) sum += psums[p * c + i];
   const double d = sum / k;
   vec[i] = d;
-  vec[c + i] = (shift[i] + d) - mean[i];
+  vec[c + i] = (shift[i] - mean[i]) + d;
 }
 
 __global__ void __launch_bounds__(kMergeTile* kMergeRows)
