@@ -1,28 +1,45 @@
-"""Issue 5, part 2: the eigenvalue reduction of the training model's 9 tracked layers."""
+"""Issue 5, part 2: the eigenvalue reduction of the training model's 9 tracked layers.
+
+All paths are timed in interleaved rounds (see :mod:`benchmarks.bench_update`).
+"""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
-from benchmarks.common import TRACKED_SIZES, reduction_covariances, reduction_delve, reduction_fast
-
-REDUCTION_PATHS = {
-    "compiled": lambda covs: reduction_fast(covs, "cpp"),
-    "twin": lambda covs: reduction_fast(covs, "torch"),
-    # delve 0.1.50: one torch.linalg.eigh per layer and per stat (lsat, idim)
-    "delve": lambda covs: reduction_delve(covs, ("lsat", "idim")),
-    # the same with delve's dtrc stat added: a third eigh per layer
-    "delve_dtrc": lambda covs: reduction_delve(covs, ("lsat", "idim", "dtrc")),
-}
+from benchmarks.common import TRACKED_SIZES, interleaved_times, reduction_covariances, reduction_delve, reduction_fast
 
 
-@pytest.mark.parametrize("path", list(REDUCTION_PATHS))
-def test_reduction(benchmark, path):
-    if path.startswith("delve"):
-        pytest.importorskip("delve.metrics")
+def test_reduction(benchmark):
     covs = reduction_covariances()
-    fn = REDUCTION_PATHS[path]
-    fn(covs)
+    fns = {
+        "compiled": lambda: reduction_fast(covs, "cpp"),
+        "twin": lambda: reduction_fast(covs, "torch"),
+    }
+    try:
+        import delve.metrics  # noqa: F401, PLC0415
+    except ImportError:
+        pytest.skip("delve 0.1.50 is not installed")
+    # delve 0.1.50: one torch.linalg.eigh per layer and per stat (lsat, idim) ...
+    fns["delve"] = lambda: reduction_delve(covs, ("lsat", "idim"))
+    # ... and with its dtrc stat added, a third eigh per layer
+    fns["delve_dtrc"] = lambda: reduction_delve(covs, ("lsat", "idim", "dtrc"))
+    stats_match = reduction_fast(covs, "cpp") == [tuple(v) for v in reduction_delve(covs)]
+    times: dict[str, list[float]] = {}
+
+    def run() -> None:
+        times.update(interleaved_times(fns, budget_s=8.0))
+
     benchmark.group = "reduction"
-    benchmark.extra_info.update({"bench": "reduction", "path": path, "sizes": TRACKED_SIZES})
-    benchmark(fn, covs)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        {
+            "bench": "reduction",
+            "sizes": TRACKED_SIZES,
+            "stats_match_delve": stats_match,
+            "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "times_s": times,
+        }
+    )

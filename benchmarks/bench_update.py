@@ -1,63 +1,82 @@
-"""Issue 5, part 1: the covariance update op over the listed batch shapes, and the fp64 GEMM roofline."""
+"""Issue 5, part 1: the covariance update op over the listed batch shapes, and the fp64 GEMM roofline.
+
+For each batch shape one test times every path *and* the roofline's fp64
+GEMM in interleaved rounds (:func:`benchmarks.common.interleaved_times`),
+so the ratios in the report compare measurements taken under the same load.
+pytest-benchmark runs that experiment once (pedantic mode) and keeps the
+per-call times in ``extra_info``; a separate plain pytest-benchmark test gives
+the headline fp64 GEMM rate.
+"""
 
 from __future__ import annotations
 
+import os
+import statistics
+
 import pytest
-import torch
 
 from benchmarks.common import (
+    GEMM_N,
     UPDATE_CASES,
     UPDATE_PATHS,
-    fp64_gemm_operands,
     has_precision_arg,
+    interleaved_times,
+    make_gemm_fn,
     make_input,
     make_update_fn,
 )
 
-pytest.importorskip("pytest_benchmark")
+BUDGET_S = float(os.environ.get("DELVE_FAST_BENCH_UPDATE_BUDGET_S", "4"))
 
 
-def _skip_reason(path: str) -> str | None:
-    if path == "delve":
-        try:
-            import delve.torch_utils  # noqa: F401, PLC0415
-        except ImportError:
-            return "delve 0.1.50 is not installed (pip install delve==0.1.50)"
-    if path == "compiled_mixed" and not has_precision_arg():
-        return "ops.cov_update_ has no precision= argument yet"
-    return None
+def _available_paths() -> tuple[list[str], dict[str, str]]:
+    paths, skipped = [], {}
+    for path in UPDATE_PATHS:
+        if path == "delve":
+            try:
+                import delve.torch_utils  # noqa: F401, PLC0415
+            except ImportError:
+                skipped[path] = "delve 0.1.50 is not installed (pip install delve==0.1.50)"
+                continue
+        if path == "compiled_mixed" and not has_precision_arg():
+            skipped[path] = "ops.cov_update_ has no precision= argument yet"
+            continue
+        paths.append(path)
+    return paths, skipped
 
 
-@pytest.mark.parametrize("path", UPDATE_PATHS)
 @pytest.mark.parametrize("case", UPDATE_CASES, ids=[c.id for c in UPDATE_CASES])
-def test_update(benchmark, case, path):
-    reason = _skip_reason(path)
-    if reason:
-        pytest.skip(reason)
+def test_update(benchmark, case):
+    paths, skipped = _available_paths()
     x = make_input(case)
-    fn = make_update_fn(path, x, case.kind)
-    fn()  # warm-up: state allocation, thread pools, first-touch of buffers
-    fn()
-    benchmark.group = f"update {case.id}"
+    fns = {path: make_update_fn(path, x, case.kind) for path in paths}
+    gemm, gemm_flops = make_gemm_fn()
+    fns["gemm"] = gemm
+    times: dict[str, list[float]] = {}
+
+    def run() -> None:
+        times.update(interleaved_times(fns, budget_s=BUDGET_S))
+
+    benchmark.group = "update"
+    benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(
         {
             "bench": "update",
             "case": case.id,
-            "path": path,
             "flops": case.syrk_flops,
-            "channels": case.channels,
-            "samples": case.samples,
+            "gemm_n": GEMM_N,
+            "gemm_flops": gemm_flops,
+            "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "times_s": times,
+            "skipped": skipped,
         }
     )
-    benchmark(fn)
 
 
-@pytest.mark.parametrize("n", [2048])
-def test_fp64_gemm_rate(benchmark, n):
-    """The roofline's rate: torch.mm on large fp64 square matrices, 2·n³ flops."""
-    a, b = fp64_gemm_operands(n)
-    out = torch.empty(n, n, dtype=torch.float64)
-    torch.mm(a, b, out=out)
+def test_fp64_gemm_rate(benchmark):
+    """The roofline's rate on its own: torch.mm on 2048² fp64 matrices, 2·n³ flops."""
+    gemm, flops = make_gemm_fn()
+    gemm()
     benchmark.group = "roofline"
-    benchmark.extra_info.update({"bench": "gemm", "n": n, "flops": 2 * n**3})
-    benchmark(torch.mm, a, b, out=out)
+    benchmark.extra_info.update({"bench": "gemm", "n": GEMM_N, "flops": flops})
+    benchmark(gemm)

@@ -189,12 +189,53 @@ def make_update_fn(path: str, x: torch.Tensor, kind: str) -> Callable[[], None]:
     return run_fast
 
 
-def fp64_gemm_operands(n: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+#: Side of the square fp64 GEMM whose rate is the roofline.
+GEMM_N = 2048
+
+
+def make_gemm_fn(n: int = GEMM_N) -> tuple[Callable[[], object], int]:
+    """``torch.mm`` of two ``n × n`` fp64 matrices into a reused output, and its flop count 2n³."""
     gen = torch.Generator().manual_seed(1)
-    return (
-        torch.randn(n, n, generator=gen, dtype=torch.float64),
-        torch.randn(n, n, generator=gen, dtype=torch.float64),
-    )
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    b = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    out = torch.empty(n, n, dtype=torch.float64)
+
+    def gemm() -> None:
+        torch.mm(a, b, out=out)
+
+    return gemm, 2 * n**3
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    budget_s: float = 4.0,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+) -> dict[str, list[float]]:
+    """Time several callables in interleaved rounds; seconds per call, per name.
+
+    Each round calls every function once, in an order rotated every round, so
+    all of them see the same load of a shared, noisy machine: their ratios are
+    far steadier than those of back-to-back runs. Each function is warmed up
+    twice first; the number of rounds fits ``budget_s`` within the bounds.
+    """
+    names = list(fns)
+    per_round = 0.0
+    for name in names:
+        fns[name]()
+        t0 = time.perf_counter()
+        fns[name]()
+        per_round += time.perf_counter() - t0
+    rounds = int(min(max(budget_s / max(per_round, 1e-9), min_rounds), max_rounds))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 # --------------------------------------------------------------------------- reduction

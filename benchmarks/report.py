@@ -52,6 +52,8 @@ class Results:
         self.datetime = data.get("datetime")
         self.update: dict[str, dict[str, float]] = {}
         self.gemm_rate: float | None = None
+        self.case_gemm_rate: dict[str, float] = {}
+        self.reduction_match: bool | None = None
         self.reduction: dict[str, float] = {}
         self.memory: list[dict] = []
         self.training: dict | None = None
@@ -60,21 +62,29 @@ class Results:
             kind = info.get("bench")
             median = b["stats"]["median"]
             if kind == "update":
-                self.update.setdefault(info["case"], {})[info["path"]] = median
+                meds = dict(info["median_s"])
+                gemm = meds.pop("gemm", None)
+                self.update[info["case"]] = meds
+                if gemm:
+                    self.case_gemm_rate[info["case"]] = info["gemm_flops"] / gemm
             elif kind == "gemm":
                 self.gemm_rate = info["flops"] / median
             elif kind == "reduction":
-                self.reduction[info["path"]] = median
+                self.reduction = dict(info["median_s"])
+                self.reduction_match = info.get("stats_match_delve")
             elif kind == "memory" and "extra_mib" in info:
                 self.memory.append(info)
             elif kind == "training" and "overhead" in info:
                 self.training = info
 
     # --- derived figures
+    def rate(self, case_id: str) -> float | None:
+        """The fp64 GEMM rate measured interleaved with this case (else the standalone one)."""
+        return self.case_gemm_rate.get(case_id) or self.gemm_rate
+
     def roofline_s(self, case_id: str) -> float | None:
-        if not self.gemm_rate:
-            return None
-        return CASES_BY_ID[case_id].syrk_flops / self.gemm_rate
+        rate = self.rate(case_id)
+        return CASES_BY_ID[case_id].syrk_flops / rate if rate else None
 
     def speedup(self, case_id: str, path: str = "compiled") -> float | None:
         row = self.update.get(case_id, {})
@@ -211,7 +221,7 @@ def update_table(r: Results) -> list[str]:
     head += ["roofline ms", "compiled vs delve", "twin vs delve"]
     if mixed:
         head.append("mixed vs delve")
-    head.append("fraction of roofline")
+    head += ["fraction of roofline", "fp64 GFLOP/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in UPDATE_CASES:
         row = r.update.get(case.id, {})
@@ -230,6 +240,8 @@ def update_table(r: Results) -> list[str]:
             cells.append(_x(r.speedup(case.id, "compiled_mixed")))
         frac = r.roofline_fraction(case.id)
         cells.append("–" if frac is None else f"{frac:.2f}")
+        rate = r.rate(case.id)
+        cells.append("–" if rate is None else f"{rate / 1e9:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -271,6 +283,13 @@ def reduction_section(r: Results) -> list[str]:
         "Eigenvalues of the 9 tracked layers' covariances (C = 64, 64, 128, 128, 256, 256, 512, 256, 10), "
         "then lsat and idim. delve_fast: one batched `eigvalsh_desc` call; delve 0.1.50: "
         "`compute_saturation` and `compute_intrinsic_dimensionality` per layer, each its own `torch.linalg.eigh`.",
+        "",
+        "All paths timed in interleaved rounds; medians. "
+        + (
+            f"lsat and idim from the batched path {'equal' if r.reduction_match else 'DIFFER from'} delve's on these matrices."
+            if r.reduction_match is not None
+            else ""
+        ),
         "",
         "| path | ms | speed-up over delve (lsat+idim) |",
         "|---|---|---|",
@@ -327,9 +346,11 @@ def render_markdown(r: Results, png_name: str | None) -> str:
         "backend='cpp')` on the zero-copy `(N, C, S)` view; **twin** = the same op with `backend='torch'`; "
         "**delve** = delve 0.1.50's path, the channelwise permuted reshape plus "
         "`delve.torch_utils.TorchCovarianceMatrix.update` (float64 cast and full matmul); **roofline** = "
-        "N·S·C·(C+1) flops at the fp64 GEMM rate"
+        "N·S·C·(C+1) flops at the fp64 GEMM rate (`torch.mm` of two 2048² fp64 matrices). For each shape the "
+        "paths and that GEMM are timed in interleaved rounds (order rotated every round), so each row's ratios "
+        "and its roofline come from the same stretch of time; the GEMM rate of each row is in the last column"
         + (
-            f" measured in this run: **{r.gemm_rate / 1e9:.1f} GFLOP/s** (`torch.mm`, 2048² fp64)."
+            f", and the standalone pytest-benchmark GEMM measured **{r.gemm_rate / 1e9:.1f} GFLOP/s**."
             if r.gemm_rate
             else "."
         ),

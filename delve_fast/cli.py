@@ -9,6 +9,7 @@ own usage errors exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default: 32)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPU threads for torch during the run; the model is tiny, so 1 is fastest (default: 1)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
 
     report = sub.add_parser(
@@ -137,13 +144,17 @@ def _run_demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     try:
         run_demo(config)
     except (DemoError, ReportError) as exc:
         return _fail(str(exc))
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        return _fail(f"cannot write under {args.output}: {exc.strerror or exc}")
+        where = exc.filename or args.output
+        return _fail(f"{where}: {exc.strerror or exc}")
     return 0
 
 
@@ -168,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_report(args)
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`); stop quietly, as other CLI tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

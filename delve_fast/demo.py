@@ -56,6 +56,10 @@ class DemoConfig:
         Seed for the split, the shuffling and the weights.
     progress : bool
         Show tqdm progress bars.
+    threads : int or None
+        CPU threads torch may use during the run (restored afterwards); ``None`` keeps torch's
+        setting. The default is 1: the model is so small that splitting its tiny matrix products
+        over threads costs more than it saves, and on a busy machine many times more.
     """
 
     epochs: int = 5
@@ -67,6 +71,7 @@ class DemoConfig:
     lr: float = 2e-3
     seed: int = 0
     progress: bool = True
+    threads: int | None = 1
 
 
 @dataclass
@@ -239,11 +244,6 @@ def run_demo(config: DemoConfig, stream: TextIO | None = None) -> DemoResult:
     DemoError
         For an unusable device, backend or option value.
     """
-    from tqdm.auto import tqdm
-
-    from delve_fast import SaturationTracker
-    from delve_fast import report as rep
-
     out = stream if stream is not None else sys.stdout
     start = time.perf_counter()
     if config.epochs < 1:
@@ -258,6 +258,31 @@ def run_demo(config: DemoConfig, stream: TextIO | None = None) -> DemoResult:
     except OSError as exc:
         raise DemoError(f"cannot create output folder {output}: {exc.strerror or exc}") from None
     before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+
+    saved_threads = torch.get_num_threads()
+    if config.threads is not None:
+        if config.threads < 1:
+            raise DemoError(f"--threads must be at least 1, got {config.threads}")
+        torch.set_num_threads(config.threads)
+    try:
+        return _train_and_report(config, device, backend, output, before, start, out)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _train_and_report(
+    config: DemoConfig,
+    device: torch.device,
+    backend: str,
+    output: Path,
+    before: dict[Path, int],
+    start: float,
+    out: TextIO,
+) -> DemoResult:
+    from tqdm import tqdm
+
+    from delve_fast import SaturationTracker
+    from delve_fast import report as rep
 
     torch.manual_seed(config.seed)
     x_train, y_train, x_test, y_test = load_digits_split(config.subset, config.seed)
@@ -370,14 +395,20 @@ def _describe_files(csv_path: Path, heatmap: Path, epoch_plots: list[Path], file
     lines = ["\nFiles written:"]
     lines.append(f"  {csv_path}  (delve-format CSV, one row per epoch)")
     lines.append(f"  {heatmap}  (saturation of every layer across all epochs)")
-    if epoch_plots:
-        last = max(int(p.stem.rsplit("_", 1)[-1]) for p in epoch_plots if p.stem.rsplit("_", 1)[-1].isdigit())
-        final = [p for p in epoch_plots if p.stem.endswith(f"_epoch_{last}")]
+    numbered = {p: p.stem.rsplit("_", 1)[-1] for p in epoch_plots}
+    epochs = sorted({int(n) for n in numbered.values() if n.isdigit()})
+    if epochs:
+        last = epochs[-1]
+        final = [p for p, n in numbered.items() if n == str(last)]
         for p in final:
             lines.append(f"  {p}  (delve's per-epoch plot, last epoch)")
         earlier = len(epoch_plots) - len(final)
         if earlier:
-            lines.append(f"  ... and {earlier} more per-epoch plots for epochs 0-{last - 1} in {final[0].parent}")
+            lines.append(
+                f"  ... and {earlier} more per-epoch plots for epochs {epochs[0]}-{last - 1} in {final[0].parent}"
+            )
+    else:
+        lines.extend(f"  {p}" for p in epoch_plots)
     listed = {csv_path, heatmap, *epoch_plots}
     for p in files:
         if p not in listed:

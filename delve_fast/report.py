@@ -56,9 +56,12 @@ STAT_TITLES: dict[str, tuple[str, str]] = {
     "covariance-determinant": ("covariance determinant", "covariance determinant = generalised variance"),
 }
 
-_STAT_COLUMN = re.compile(r"^(?P<mode>[A-Za-z0-9]+)-(?P<stat>" + "|".join(map(re.escape, STAT_LABELS)) + r")_(?P<layer>.+)$")
+_STAT_COLUMN = re.compile(
+    r"^(?P<mode>[A-Za-z0-9]+)-(?P<stat>" + "|".join(map(re.escape, STAT_LABELS)) + r")_(?P<layer>.+)$"
+)
 _INDEX_NAMES = {"", "epoch", "index", "step"}
 _MODE_ORDER = {"train": 0, "eval": 1}
+_MODE_TITLES = {"train": "training pass (model.train())", "eval": "evaluation pass (model.eval())"}
 
 
 class ReportError(ValueError):
@@ -314,10 +317,14 @@ def format_table(table: pd.DataFrame) -> str:
     headers = ["layer", *table.columns]
     body = [[str(layer), *(_fmt(table.at[layer, c], c) for c in table.columns)] for layer in table.index]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines = [
+        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for row in body:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+        )
     return "\n".join(lines)
 
 
@@ -403,17 +410,18 @@ def plot_heatmap(
     )
     image = None
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
-    for ax, mode, frame in zip(axes[0], modes, frames):
+    for ax, mode, frame in zip(axes[0], modes, frames, strict=True):
         grid = frame.to_numpy(dtype=float).T  # layers x epochs
         image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(n_epochs))
-        ax.set_xticklabels([str(e) for e in run.epochs], fontsize=8 if n_epochs > 20 else 10)
+        step = max(1, math.ceil(n_epochs / 30))
+        ax.set_xticks(range(0, n_epochs, step))
+        ax.set_xticklabels([str(e) for e in run.epochs[::step]], fontsize=8 if n_epochs > 20 else 10)
         ax.set_yticks(range(n_layers))
         ax.set_yticklabels(layers if ax is axes[0][0] else [""] * n_layers)
         ax.set_xlabel("epoch")
         if ax is axes[0][0]:
             ax.set_ylabel("layer (input side at the top)")
-        ax.set_title(f"{mode} data")
+        ax.set_title(_MODE_TITLES.get(mode, f"{mode} mode"))
         if annotate:
             for i in range(n_layers):
                 for j in range(n_epochs):

@@ -242,9 +242,7 @@ def determinant(eigenvalues: Any, *, warn: bool = True, name: str = "") -> float
     return det
 
 
-def embed(
-    samples: torch.Tensor, mean: torch.Tensor, eigenvectors: torch.Tensor, n_components: int = 2
-) -> np.ndarray:
+def embed(samples: torch.Tensor, mean: torch.Tensor, eigenvectors: torch.Tensor, n_components: int = 2) -> np.ndarray:
     """Project samples onto the leading eigenvectors of their covariance.
 
     Parameters

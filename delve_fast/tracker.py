@@ -266,6 +266,8 @@ class SaturationTracker:
         self.logs: dict[str, dict[str, TorchCovarianceMatrix]] = {f"{m}-{_COV}": {} for m in S.MODES}
         self.seen_samples: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
         self._forward_counts: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
+        # (mode, layer) -> ("chw" | "hwc", (C, H, W)): feature order of a flatten state.
+        self._flatten_order: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {}
         self.record = True
         self.epoch = self.initial_epoch
         for name, layer in self.layers.items():
@@ -389,7 +391,7 @@ class SaturationTracker:
                 room = self.max_samples - self.seen_samples[mode].get(name, 0)
                 if room <= 0:
                     return
-            batch = self._as_batch(kind, module, output, room)
+            batch = self._as_batch(kind, module, output, room, (mode, name))
             if batch is None:
                 return
             view, rows = batch
@@ -408,7 +410,7 @@ class SaturationTracker:
         return hook
 
     def _as_batch(
-        self, kind: str | None, module: nn.Module, output: Any, room: int | None
+        self, kind: str | None, module: nn.Module, output: Any, room: int | None, key: tuple[str, str]
     ) -> tuple[torch.Tensor, int] | None:
         """View a layer output as ``(N, C, S)``; also return the batch rows it used.
 
@@ -441,7 +443,8 @@ class SaturationTracker:
                 return y.amax(dim=(2, 3)).unsqueeze(-1), rows
             if method == "median":
                 return y.flatten(2).median(dim=2).values.unsqueeze(-1), rows
-            return y.reshape(y.shape[0], -1).unsqueeze(-1), rows  # flatten
+            return self._flatten_view(y, key), rows
+
         # Linear: (C,), (B, C), tokens (B, T, C) or higher rank (..., C).
         if y.dim() == 1:
             y = y.unsqueeze(0)
@@ -453,6 +456,25 @@ class SaturationTracker:
         if y.dim() == 3:
             return y.transpose(1, 2), rows  # B sequences, T token samples each: (B, C, T)
         return y.reshape(-1, y.shape[-1]).unsqueeze(-1), rows
+
+    def _flatten_view(self, y: torch.Tensor, key: tuple[str, str]) -> torch.Tensor:
+        """``(N, C*H*W, 1)`` for ``conv_method='flatten'``, as a view whenever one exists.
+
+        An NCHW map flattens in delve's ``(C, H, W)`` feature order. A
+        channels_last map is flattened in its own ``(H, W, C)`` order instead,
+        which needs no copy; :meth:`compute_saturations` permutes those
+        covariances back to ``(C, H, W)`` order (the scalar statistics do not
+        depend on the order).
+        """
+        n = y.shape[0]
+        order = self._flatten_order.get(key)
+        if order is None:
+            hwc = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+            order = ("hwc" if hwc else "chw", tuple(int(d) for d in y.shape[1:]))
+            self._flatten_order[key] = order
+        if order[0] == "hwc":  # keep the order the state started with
+            return y.permute(0, 2, 3, 1).reshape(n, -1, 1)
+        return y.reshape(n, -1, 1)
 
     def _lstm_batch(self, module: nn.Module, output: Any, room: int | None) -> tuple[torch.Tensor, int] | None:
         out = output[0] if isinstance(output, (tuple, list)) else output
@@ -546,6 +568,15 @@ class SaturationTracker:
                     out.append((mode, name, state))
         return out
 
+    def _in_chw_order(self, cov: torch.Tensor, key: tuple[str, str]) -> torch.Tensor:
+        """Permute a flatten covariance gathered in (H, W, C) order to delve's (C, H, W) order."""
+        order = self._flatten_order.get(key)
+        if order is None or order[0] != "hwc":
+            return cov
+        c, h, w = order[1]
+        perm = torch.arange(c * h * w, device=cov.device).reshape(h, w, c).permute(2, 0, 1).reshape(-1)
+        return cov[perm][:, perm]
+
     def compute_saturations(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Compute every requested statistic from the covariances gathered so far.
 
@@ -594,7 +625,7 @@ class SaturationTracker:
                 elif stat == "logdet":
                     values[col] = S.log_determinant(lam)
                 elif stat == "cov":
-                    values[col] = covs[i].cpu().numpy()
+                    values[col] = self._in_chw_order(covs[i], (mode, name)).cpu().numpy()
                 elif stat == "embed":
                     stored = state.saved_samples
                     if stored is not None and stored.shape[0] > 0:
@@ -602,7 +633,11 @@ class SaturationTracker:
                         samples[col] = S.embed(stored, state.mean(), vecs.flip(-1))
         if self.average_sat:
             for mode in S.MODES:
-                sats = [S.saturation(host_eigs[i], self.threshold, rule=self.idim_rule) for i, p in enumerate(pending) if p[0] == mode]
+                sats = [
+                    S.saturation(host_eigs[i], self.threshold, rule=self.idim_rule)
+                    for i, p in enumerate(pending)
+                    if p[0] == mode
+                ]
                 if sats:
                     values[f"average-{mode}-sat"] = float(np.mean(sats))
         return values, samples
@@ -630,13 +665,16 @@ class SaturationTracker:
                     print(f"{col}: {value}")
         layer_values = {k: v for k, v in values.items() if not k.startswith("average-")}
         if self.layerwise_sat and (layer_values or samples):
-            self.writer.add_scalars(prefix="", value_dict=layer_values, sample_value_dict=samples, global_step=self.epoch)
+            self.writer.add_scalars(
+                prefix="", value_dict=layer_values, sample_value_dict=samples, global_step=self.epoch
+            )
         for key, value in values.items():
             if key.startswith("average-"):
                 self.writer.add_scalar(key, value, global_step=self.epoch)
-        for mode, name, state in self._pending():
-            if self.reset_covariance:
+        if self.reset_covariance:
+            for mode, name, state in self._pending():
                 state.reset()
+                self._flatten_order.pop((mode, name), None)
         for mode in S.MODES:
             self.seen_samples[mode] = {}
         self.epoch += 1

@@ -166,13 +166,13 @@ def test_report_directory_instead_of_file(tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err)
 
 
-def test_report_errors_via_python_dash_m(tmp_path):
+def test_report_error_via_python_dash_m(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("this is not a delve file\n")
-    for target in (tmp_path / "missing.csv", bad):
-        proc = run_module("report", str(target))
-        assert proc.returncode == 1
-        assert_one_line_error(proc.stderr)
+    proc = run_module("report", str(bad))
+    assert proc.returncode == 1
+    assert_one_line_error(proc.stderr)
+    assert proc.stdout == ""
 
 
 # --------------------------------------------------------------------------- help and argument errors
@@ -219,3 +219,11 @@ def test_demo_bad_device_is_one_line_error(tmp_path, capsys, device):
     rc = main(["demo", "--device", device, "--output", str(tmp_path / "out"), "--no-progress"])
     assert rc == 1
     assert_one_line_error(capsys.readouterr().err)
+
+
+def test_demo_too_small_subset_is_one_line_error(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    rc = main(["demo", "--subset", "5", "--output", str(tmp_path / "out"), "--no-progress", "--threads", "1"])
+    assert rc == 1
+    assert_one_line_error(capsys.readouterr().err)
+    assert torch.get_num_threads() == threads  # the demo restores torch's thread setting

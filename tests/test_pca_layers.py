@@ -29,10 +29,20 @@ def _low_rank(n: int, dim: int, rank: int, seed: int, offset: float = 3.0) -> tu
 
 def test_documented_signatures():
     assert list(inspect.signature(LinearPCALayer).parameters) == [
-        "in_features", "threshold", "keepdim", "verbose", "gradient_epoch_start", "centering",
+        "in_features",
+        "threshold",
+        "keepdim",
+        "verbose",
+        "gradient_epoch_start",
+        "centering",
     ]
     assert list(inspect.signature(Conv2DPCALayer).parameters) == [
-        "in_filters", "threshold", "verbose", "gradient_epoch_start", "centering", "downsampling",
+        "in_filters",
+        "threshold",
+        "verbose",
+        "gradient_epoch_start",
+        "centering",
+        "downsampling",
     ]
     assert inspect.signature(change_all_pca_layer_centering).parameters["downsampling"].default is None
 
@@ -106,7 +116,7 @@ def test_module_wide_helpers():
     sat, in_dims, fs_dims = change_all_pca_layer_thresholds_and_inject_random_directions(0.99, net)
     p = net[0].transformation_matrix.double()
     torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=1e-5)  # still a projection ...
-    assert torch.linalg.matrix_rank(p).item() == in_dims[0]  # ... of the same rank
+    assert torch.linalg.matrix_rank(p, atol=1e-4).item() == in_dims[0]  # ... of the same rank
     conv_w = net[2].convolution.weight[:, :, 0, 0].double()
     torch.testing.assert_close(conv_w, net[2].transformation_matrix.double())
     out = change_all_pca_layer_thresholds_and_inject_random_directions(0.99, net, include_names=True)

@@ -198,8 +198,12 @@ def test_modes_and_accumulation_over_batches(tmp_path):
     with torch.no_grad():
         train_rows = torch.cat([layer(x) for x in train_x]).numpy()
         eval_rows = layer(eval_x).numpy()
-    np.testing.assert_allclose(_cov_file(tmp_path, "train", "Module-0-Linear"), _np_cov(train_rows), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(_cov_file(tmp_path, "eval", "Module-0-Linear"), _np_cov(eval_rows), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        _cov_file(tmp_path, "train", "Module-0-Linear"), _np_cov(train_rows), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        _cov_file(tmp_path, "eval", "Module-0-Linear"), _np_cov(eval_rows), rtol=1e-9, atol=1e-12
+    )
     assert set(_csv(tmp_path).columns) == {"train-saturation_Module-0-Linear", "eval-saturation_Module-0-Linear"}
 
 
@@ -216,7 +220,9 @@ def test_reset_covariance(tmp_path, reset):
     with torch.no_grad():
         rows = [layer(x).numpy() for x in xs]
     expected = _np_cov(rows[1]) if reset else _np_cov(np.concatenate(rows))
-    np.testing.assert_allclose(_cov_file(tmp_path, "train", "Module-0-Linear", epoch=1), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        _cov_file(tmp_path, "train", "Module-0-Linear", epoch=1), expected, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_log_interval_records_every_nth_batch_per_mode(tmp_path):
@@ -604,3 +610,17 @@ def test_context_manager_closes_writer(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         t.close()
+
+
+def test_flatten_channels_last_matches_numpy_order(tmp_path):
+    torch.manual_seed(17)
+    conv = nn.Conv2d(2, 3, 2).to(memory_format=torch.channels_last)
+    t = _tracker(tmp_path, conv, save_to="npy", stats=["cov", "lsat"], conv_method="flatten")
+    xs = [torch.randn(6, 2, 4, 4).to(memory_format=torch.channels_last) for _ in range(2)]
+    ys = [conv(x).detach() for x in xs]
+    assert ys[0].is_contiguous(memory_format=torch.channels_last) and not ys[0].is_contiguous()
+    conv(xs[0].contiguous())  # a later NCHW batch joins the same state
+    t.add_saturations()
+    t.close()
+    rows = torch.cat(ys + [ys[0]]).double().reshape(18, -1).numpy()  # delve's (C, H, W) feature order
+    np.testing.assert_allclose(_cov_file(tmp_path, "train", "Module-0-Conv2d"), _np_cov(rows), rtol=1e-6, atol=1e-9)

@@ -91,7 +91,9 @@ def test_npy_layout_and_resume(tmp_path):
     w.add_scalar("loss", 1.5)
     w.add_scalar("loss", 1.25)
     w.save()
-    assert np.array_equal(np.load(root / "_train-covariance-matrix_x" / "_train-covariance-matrix_x_epoch0.npy"), np.eye(3))
+    assert np.array_equal(
+        np.load(root / "_train-covariance-matrix_x" / "_train-covariance-matrix_x_epoch0.npy"), np.eye(3)
+    )
     assert np.load(root / "_train-saturation_x" / "_train-saturation_x_epoch0.npy") == 0.5
     assert np.load(root / "loss" / "loss_epoch1.npy") == 1.25
     with open(root / "epoch_counter.pkl", "rb") as fh:

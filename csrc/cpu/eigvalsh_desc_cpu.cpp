@@ -14,6 +14,9 @@ namespace delve_fast {
 namespace {
 
 std::vector<at::Tensor> eigvalsh_desc_cpu(at::TensorList covs) {
+  // Eigenvalues carry no gradient here; without this guard the ops below would
+  // attach an autograd graph that the op itself does not declare.
+  at::NoGradGuard no_grad;
   std::vector<at::Tensor> mats(covs.begin(), covs.end());
   check_eigvalsh_args(mats);
   std::vector<at::Tensor> out(mats.size());

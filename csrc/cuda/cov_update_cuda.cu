@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int b = 0; b < kMicro; ++b) acc[a][b] = 0.0;
   double colsum = 0.0;  // diagonal tiles: shifted sum of feature ci + tid
 
-  double(*bsrc)[kTile + 1] = diag ? as : bs;
+  double (*bsrc)[kTile + 1] = diag ? as : bs;
   for (int64_t k0 = kbeg; k0 < kend; k0 += kTileK) {
     if (tid < kTileK) soff[tid] = k0 + tid < kend ? sample_offset(g, k0 + tid) : int64_t{-1};
     __syncthreads();  // soff and shifts ready; previous slab fully consumed
@@ -295,7 +295,7 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
   {
     const auto nt = static_cast<unsigned>((c + kMergeTile - 1) / kMergeTile);
     merge_kernel<<<dim3(nt, nt), dim3(kMergeTile, kMergeRows), 0, stream>>>(gram, mu, part, nsplit, vec, c, kd, w,
-                                                                             kd / total);
+                                                                            kd / total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

@@ -32,7 +32,9 @@ class NPYWriter(AbstractWriter):
     This is the only writer that keeps the full covariance matrix (stat
     ``cov``), so stats can be recomputed later with other thresholds by
     :func:`delve_fast.tools.reconstruct_csv_from_npy_data`. The folder layout,
-    the file names and the ``epoch_counter.pkl`` state file match delve's. As in
+    the file names and the ``epoch_counter.pkl`` state file match delve's; the
+    number ``k`` is the epoch (the number of earlier :meth:`save` calls), so a
+    value logged only in some epochs keeps its epoch number. As in
     delve, values from :meth:`add_scalars` are named ``prefix + '_' + key``
     (the tracker's prefix is empty, so its folders start with ``_``).
 
@@ -51,6 +53,7 @@ class NPYWriter(AbstractWriter):
         self.savepath = os.fspath(savepath)
         self.zip = bool(zip)
         self.epoch_counter: dict[str, int] = {}
+        self._epoch = 0
 
     @property
     def _state_file(self) -> str:
@@ -64,9 +67,14 @@ class NPYWriter(AbstractWriter):
             if not isinstance(loaded, dict):
                 raise ValueError(f"{self._state_file} does not hold an epoch counter dict")
             self.epoch_counter = {str(k): int(v) for k, v in loaded.items()}
+        self._epoch = int(initial_epoch)
 
     def _next_epoch(self, name: str) -> int:
-        self.epoch_counter[name] = self.epoch_counter[name] + 1 if name in self.epoch_counter else 0
+        # The file number is the epoch (count of save() calls), so a value
+        # logged in some epochs only keeps its epoch; a name logged twice
+        # before a save() moves on to the next free number, as in delve.
+        last = self.epoch_counter.get(name, -1)
+        self.epoch_counter[name] = max(self._epoch, last + 1)
         return self.epoch_counter[name]
 
     def file_for(self, name: str, epoch: int) -> str:
@@ -94,7 +102,8 @@ class NPYWriter(AbstractWriter):
             self.add_scalar(f"{prefix}_{key}", value)
 
     def save(self) -> None:
-        """Write the epoch counters (and the zip archive when asked)."""
+        """Write the epoch counters (and the zip archive when asked); the next values belong to the next epoch."""
+        self._epoch += 1
         os.makedirs(self.savepath, exist_ok=True)
         with open(self._state_file, "wb") as fh:
             pickle.dump(self.epoch_counter, fh)

@@ -24,8 +24,7 @@ def _summary_writer_class() -> type:
             return SummaryWriter
         except ImportError:
             raise ImportError(
-                "the TensorBoard writer needs the 'tensorboard' package (pip install tensorboard) "
-                "or 'tensorboardX'"
+                "the TensorBoard writer needs the 'tensorboard' package (pip install tensorboard) or 'tensorboardX'"
             ) from None
 
 
