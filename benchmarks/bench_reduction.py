@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from benchmarks.common import TRACKED_SIZES, interleaved_times, reduction_covariances, reduction_delve, reduction_fast
+from delve_fast import ops
 
 
 def test_reduction(benchmark):
@@ -27,6 +28,10 @@ def test_reduction(benchmark):
     # ... and with its dtrc stat added, a third eigh per layer
     fns["delve_dtrc"] = lambda: reduction_delve(covs, ("lsat", "idim", "dtrc"))
     stats_match = reduction_fast(covs, "cpp") == [tuple(v) for v in reduction_delve(covs)]
+    # the batched op's eigenvalues against torch.linalg.eigvalsh, relative to each matrix's largest
+    fast_ev = ops.eigvalsh_desc(covs, backend="cpp")
+    ref_ev = ops.eigvalsh_desc(covs, backend="torch")
+    max_rel_err = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(fast_ev, ref_ev, strict=True))
     times: dict[str, list[float]] = {}
 
     def run() -> None:
@@ -39,6 +44,7 @@ def test_reduction(benchmark):
             "bench": "reduction",
             "sizes": TRACKED_SIZES,
             "stats_match_delve": stats_match,
+            "eigvals_max_rel_err": max_rel_err,
             "median_s": {k: statistics.median(v) for k, v in times.items()},
             "times_s": times,
         }

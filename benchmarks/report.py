@@ -54,6 +54,7 @@ class Results:
         self.gemm_rate: float | None = None
         self.case_gemm_rate: dict[str, float] = {}
         self.reduction_match: bool | None = None
+        self.reduction_err: float | None = None
         self.reduction: dict[str, float] = {}
         self.memory: list[dict] = []
         self.training: dict | None = None
@@ -72,6 +73,7 @@ class Results:
             elif kind == "reduction":
                 self.reduction = dict(info["median_s"])
                 self.reduction_match = info.get("stats_match_delve")
+                self.reduction_err = info.get("eigvals_max_rel_err")
             elif kind == "memory" and "extra_mib" in info:
                 self.memory.append(info)
             elif kind == "training" and "overhead" in info:
@@ -213,6 +215,22 @@ def machine_line(r: Results) -> str:
     )
 
 
+def load_warning(r: Results) -> list[str]:
+    """A warning when other work competed for the CPUs during the run."""
+    m = r.machine
+    loads = [v for v in (m.get("loadavg_start"), m.get("loadavg_end")) if v is not None]
+    cpus = m.get("logical_cpus") or 0
+    if not loads or not cpus or max(loads) <= cpus + 1.0:
+        return []
+    return [
+        "",
+        f"> **Warning:** the 1-minute load average reached {max(loads):.1f} on {cpus} logical CPUs during this run: "
+        "other processes competed for the cores, which inflates and scatters every timing (parallel regions wait "
+        "for descheduled threads). The verdicts below are those of a loaded machine; rerun `make bench` on an idle "
+        "one before quoting them.",
+    ]
+
+
 def update_table(r: Results) -> list[str]:
     mixed = r.has_mixed()
     head = ["batch (fp32)", "C", "samples K", "compiled ms", "twin ms", "delve ms"]
@@ -286,9 +304,15 @@ def reduction_section(r: Results) -> list[str]:
         "",
         "All paths timed in interleaved rounds; medians. "
         + (
-            f"lsat and idim from the batched path {'equal' if r.reduction_match else 'DIFFER from'} delve's on these matrices."
+            f"lsat and idim from the batched path {'equal' if r.reduction_match else '**differ from**'} delve's on these matrices"
             if r.reduction_match is not None
             else ""
+        )
+        + (
+            f"; largest eigenvalue error of the compiled op against `torch.linalg.eigvalsh`, relative to each "
+            f"matrix's largest eigenvalue: {r.reduction_err:.1e}."
+            if r.reduction_err is not None
+            else "."
         ),
         "",
         "| path | ms | speed-up over delve (lsat+idim) |",
@@ -330,6 +354,7 @@ def render_markdown(r: Results, png_name: str | None) -> str:
         "",
         "All comparisons come from the same run. The machine is shared and noisy: read the figures as ratios, "
         "and expect ±10–20 % between runs.",
+        *load_warning(r),
         "",
         "## Targets (issue 5)",
         "",

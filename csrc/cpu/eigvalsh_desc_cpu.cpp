@@ -14,9 +14,6 @@ namespace delve_fast {
 namespace {
 
 std::vector<at::Tensor> eigvalsh_desc_cpu(at::TensorList covs) {
-  // Eigenvalues carry no gradient here; without this guard the ops below would
-  // attach an autograd graph that the op itself does not declare.
-  at::NoGradGuard no_grad;
   std::vector<at::Tensor> mats(covs.begin(), covs.end());
   check_eigvalsh_args(mats);
   std::vector<at::Tensor> out(mats.size());
@@ -28,6 +25,10 @@ std::vector<at::Tensor> eigvalsh_desc_cpu(at::TensorList covs) {
   std::atomic<size_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(mats.size()));
   at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t w0, int64_t w1) {
+    // Eigenvalues carry no gradient here. Grad mode is thread-local, so the
+    // guard goes inside the worker: otherwise the ops below would attach an
+    // autograd graph that the op itself does not declare.
+    at::NoGradGuard no_grad;
     for (int64_t w = w0; w < w1; ++w) {
       for (size_t i = next++; i < order.size(); i = next++) {
         const auto& a = mats[order[i]];
