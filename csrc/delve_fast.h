@@ -9,8 +9,7 @@
 namespace delve_fast {
 
 // Validates the state and batch of cov_update_ and returns C.
-inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& x,
-                                     int64_t count) {
+inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& x, int64_t count) {
   TORCH_CHECK(x.dim() == 3, "cov_update_: x must be viewed as (N, C, S); got ", x.dim(), " dims ", x.sizes());
   const auto st = x.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,

@@ -11,32 +11,35 @@ const char* gram_kernel_isa();
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "delve_fast compiled ops (registered under torch.ops.delve_fast)";
-  m.def("build_info", []() {
-    py::dict info;
-    info["torch_version"] = DELVE_FAST_TORCH_VERSION;
+  m.def(
+      "build_info",
+      []() {
+        py::dict info;
+        info["torch_version"] = DELVE_FAST_TORCH_VERSION;
 #if defined(__clang__)
-    info["compiler"] = std::string("clang ") + __clang_version__;
+        info["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
-    info["compiler"] = std::string("gcc ") + __VERSION__;
+        info["compiler"] = std::string("gcc ") + __VERSION__;
 #else
-    info["compiler"] = "unknown";
+        info["compiler"] = "unknown";
 #endif
 #ifdef DELVE_FAST_WITH_CUDA
-    info["cuda"] = true;
-    info["cuda_version"] = DELVE_FAST_CUDA_VERSION;
+        info["cuda"] = true;
+        info["cuda_version"] = DELVE_FAST_CUDA_VERSION;
 #else
-    info["cuda"] = false;
-    info["cuda_version"] = py::none();
+        info["cuda"] = false;
+        info["cuda_version"] = py::none();
 #endif
-    info["cpu_kernel_isa"] = delve_fast::gram_kernel_isa();
-    py::list kernels;
-    kernels.append("cov_update_:cpu");
-    kernels.append("eigvalsh_desc:cpu");
+        info["cpu_kernel_isa"] = delve_fast::gram_kernel_isa();
+        py::list kernels;
+        kernels.append("cov_update_:cpu");
+        kernels.append("eigvalsh_desc:cpu");
 #ifdef DELVE_FAST_WITH_CUDA
-    kernels.append("cov_update_:cuda");
-    kernels.append("eigvalsh_desc:cuda");
+        kernels.append("cov_update_:cuda");
+        kernels.append("eigvalsh_desc:cuda");
 #endif
-    info["kernels"] = kernels;
-    return info;
-  }, "Return the torch version, compiler and kernels this extension was built with.");
+        info["kernels"] = kernels;
+        return info;
+      },
+      "Return the torch version, compiler and kernels this extension was built with.");
 }

@@ -61,8 +61,7 @@ def _check_state(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: i
         raise TypeError(f"state must be float64; got mean {mean.dtype}, m2 {m2.dtype}")
     if tuple(mean.shape) != (c,) or tuple(m2.shape) != (c, c):
         raise ValueError(
-            f"state shapes {tuple(mean.shape)}, {tuple(m2.shape)} do not match C={c} "
-            f"(expected ({c},) and ({c}, {c}))"
+            f"state shapes {tuple(mean.shape)}, {tuple(m2.shape)} do not match C={c} (expected ({c},) and ({c}, {c}))"
         )
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")

@@ -131,9 +131,7 @@ def _self_check(device: torch.device) -> bool:
     return ok
 
 
-def cov_update_(
-    mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int, backend: str | None = None
-) -> None:
+def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int, backend: str | None = None) -> None:
     """Fold the batch ``x`` (viewed ``(N, C, S)``) into the float64 state ``(count, mean, m2)``.
 
     See :func:`delve_fast._reference.cov_update_` for the exact contract. The

@@ -28,9 +28,9 @@ constexpr int64_t kPanelBytes = 512 * 1024;
 constexpr int64_t kPrivateGramBytes = 32 * 1024 * 1024;
 
 struct BatchView {
-  int64_t n, c, s, k;            // k = n * s samples
-  int64_t sn, sc, ss;            // element strides
-  int64_t nblk, cpad;            // feature blocks and padded feature count
+  int64_t n, c, s, k;  // k = n * s samples
+  int64_t sn, sc, ss;  // element strides
+  int64_t nblk, cpad;  // feature blocks and padded feature count
 };
 
 template <typename scalar_t>
@@ -42,8 +42,8 @@ inline double at_sample(const scalar_t* base, const BatchView& v, int64_t sample
 // Packs samples [k0, k0 + kc) minus shift into panel (layout in gram_kernel.h)
 // and adds the shifted values into sums[0..c).
 template <typename scalar_t>
-void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc,
-                double* panel, double* sums) {
+void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc, double* panel,
+                double* sums) {
   if (v.ss == 1 && v.s >= 8) {
     // Each feature's samples are contiguous runs (NCHW): transpose 8x8 tiles.
     select_pack_runs<scalar_t>()(base, v.sn, v.sc, v.s, v.c, k0, kc, shift, panel, sums);

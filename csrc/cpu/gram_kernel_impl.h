@@ -2,12 +2,12 @@
 // gram_kernel_<isa>.cpp files (each built with its own -m flags). Define
 // DELVE_FAST_GRAM_FN, DELVE_FAST_SUB_ROWS, DELVE_FAST_SUB_COLS and
 // DELVE_FAST_PACK_FN before including.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
-
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include "cpu/gram_kernel.h"
 
@@ -163,7 +163,8 @@ void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, in
     }
     for (; k < kc; ++k) {
       double row[8];
-      for (int i = 0; i < 8; ++i) row[i] = i < nch ? static_cast<double>(base[n * sn + (ch0 + i) * sc + s]) - sh[i] : 0.0;
+      for (int i = 0; i < 8; ++i)
+        row[i] = i < nch ? static_cast<double>(base[n * sn + (ch0 + i) * sc + s]) - sh[i] : 0.0;
       if (++s == s_len) {
         s = 0;
         ++n;

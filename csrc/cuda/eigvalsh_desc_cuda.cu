@@ -28,9 +28,6 @@ std::vector<at::Tensor> eigvalsh_desc_cuda(at::TensorList covs) {
     TORCH_CHECK(mats[i].device() == mats[0].device(), "eigvalsh_desc: matrix ", i, " is on ", mats[i].device(),
                 " but matrix 0 is on ", mats[0].device());
   const c10::cuda::CUDAGuard guard(mats[0].device());
-  // The op has no autograd formula: keep the solver calls below autograd so an
-  // input that requires grad yields plain eigenvalues, not a bogus graph.
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   // Group by (size, dtype): stacking mixed dtypes would promote float32 to
   // float64, and the contract keeps each input's dtype.
   std::map<std::pair<int64_t, int>, std::vector<size_t>> groups;
