@@ -328,8 +328,10 @@ def memory_section(r: Results) -> list[str]:
     if not r.memory:
         return ["Not measured in this run."]
     lines = [
-        "One update, each path in a fresh process; extra = peak RSS during the update − RSS just before it "
-        f"(input and state already allocated; method: {r.memory[0].get('method')}).",
+        "One update, each path in a fresh process (`python -m benchmarks.memprobe`): a warm-up update on a small "
+        "batch with the same C first (library buffers, thread pools, the state), then the input is allocated; "
+        "extra = peak RSS during the update − RSS just before it "
+        f"(method: {r.memory[0].get('method')}).",
         "",
         "| path | batch | input MiB | extra peak MiB | extra / input |",
         "|---|---|---|---|---|",
@@ -431,11 +433,12 @@ def render_chart(r: Results, png: Path) -> bool:
         ax.bar([x + i * width for x in xs], vals, width, label=label)
     roof = [(r.update[c.id].get("delve", 0) / r.roofline_s(c.id)) if r.roofline_s(c.id) else 0 for c in cases]
     ax.bar([x + len(series) * width for x in xs], roof, width, label="roofline", color="lightgray", hatch="//")
+    ax.set_yscale("log")
     ax.axhline(1, color="k", lw=0.8)
     ax.axhline(TARGETS["update_speedup_64x64x32x32_min"], color="r", ls="--", lw=0.8, label="3× target")
     ax.set_xticks([x + width * len(series) / 2 for x in xs])
     ax.set_xticklabels([c.id for c in cases], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("speed-up over delve 0.1.50 (×)")
+    ax.set_ylabel("speed-up over delve 0.1.50 (×, log)")
     ax.set_title("1. update op")
     ax.legend(fontsize=8)
 

@@ -67,7 +67,7 @@ def _check_state(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: i
         raise ValueError(f"count must be >= 0, got {count}")
 
 
-def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> None:
+def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int, mixed: bool = False) -> None:
     """Fold a batch into a float64 covariance state, in place.
 
     The state is ``(count, mean, m2)`` where ``m2`` is the sum over all samples
@@ -88,6 +88,10 @@ def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: in
         float16, bfloat16, float32 or float64.
     count : int
         Number of samples already folded into the state.
+    mixed : bool, default False
+        Form the batch's centred product in float32 (the data is centred
+        first, so only float32 rounding of well-scaled values is lost) and add
+        it to the float64 state.
     """
     _check_state(mean, m2, x, count)
     n, c, s = x.shape
@@ -103,7 +107,11 @@ def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: in
     a = a - batch_mean[:, None]
     total = count + k
     delta = batch_mean - mean
-    m2.addmm_(a, a.t())
+    if mixed:
+        af = a.to(torch.float32)
+        m2.add_((af @ af.t()).to(torch.float64))
+    else:
+        m2.addmm_(a, a.t())
     m2.add_(torch.outer(delta, delta), alpha=count * k / total)
     mean.add_(delta, alpha=k / total)
 

@@ -67,6 +67,9 @@ class TorchCovarianceMatrix:
         ``auto``, ``cpp`` or ``torch`` (keyword only).
     max_saved_samples : int, default 4096
         Upper bound of the sample store when ``save_data`` is on.
+    precision : {"double", "mixed"}, default "double"
+        ``"mixed"`` forms each tile's product in float32 on nearly centred
+        data and accumulates in float64 (keyword only; see ``docs/precision.md``).
     """
 
     def __init__(
@@ -77,8 +80,10 @@ class TorchCovarianceMatrix:
         *,
         backend: str | None = None,
         max_saved_samples: int = DEFAULT_MAX_SAVED_SAMPLES,
+        precision: str = "double",
     ) -> None:
         self.bias = bias
+        self.precision = ops.check_precision(precision)
         self.device = resolve_device(device)
         self.save_data = save_data
         self.backend = backend
@@ -152,7 +157,7 @@ class TorchCovarianceMatrix:
         elif c != self._mean.shape[0]:
             raise ValueError(f"batch has {c} features but the state was started with {self._mean.shape[0]}")
         k = x.shape[0] * x.shape[2]
-        ops.cov_update_(self._mean, self._m2, x, self._tlen, backend=self.backend)
+        ops.cov_update_(self._mean, self._m2, x, self._tlen, backend=self.backend, precision=self.precision)
         self._tlen += k
         if self.save_data:
             self._store_samples(x)

@@ -29,7 +29,7 @@ def _register_fakes() -> None:
     """Give each op a fake (meta) implementation for opcheck and torch.compile."""
 
     @torch.library.register_fake("delve_fast::cov_update_")
-    def _cov_update_fake(mean, m2, x, count):  # noqa: ARG001
+    def _cov_update_fake(mean, m2, x, count, mixed=False):  # noqa: ARG001
         return None
 
     @torch.library.register_fake("delve_fast::eigvalsh_desc")
@@ -131,17 +131,49 @@ def _self_check(device: torch.device) -> bool:
     return ok
 
 
-def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int, backend: str | None = None) -> None:
+def cov_update_(
+    mean: torch.Tensor,
+    m2: torch.Tensor,
+    x: torch.Tensor,
+    count: int,
+    backend: str | None = None,
+    *,
+    precision: str = "double",
+) -> None:
     """Fold the batch ``x`` (viewed ``(N, C, S)``) into the float64 state ``(count, mean, m2)``.
 
     See :func:`delve_fast._reference.cov_update_` for the exact contract. The
     state is updated in place; ``count`` is the number of samples folded in
     before this call (the caller keeps it, so no device sync is needed).
+
+    Parameters
+    ----------
+    precision : {"double", "mixed"}, default "double"
+        ``"mixed"`` forms each tile's product in float32 on shifted (nearly
+        centred) data and accumulates the tiles in float64; see
+        ``docs/precision.md`` for its error bound.
     """
+    mixed = check_precision(precision) == "mixed"
     if resolve_backend(x.device.type, backend) == "cpp" and _self_check(x.device):
-        torch.ops.delve_fast.cov_update_(mean, m2, x, int(count))
+        torch.ops.delve_fast.cov_update_(mean, m2, x, int(count), mixed)
     else:
-        _reference.cov_update_(mean, m2, x, int(count))
+        _reference.cov_update_(mean, m2, x, int(count), mixed)
+
+
+PRECISIONS = ("double", "mixed")
+
+
+def check_precision(precision: str) -> str:
+    """Validate a ``precision`` argument and return it.
+
+    Raises
+    ------
+    ValueError
+        If ``precision`` is not ``"double"`` or ``"mixed"``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; valid choices are {', '.join(PRECISIONS)}")
+    return precision
 
 
 def eigvalsh_desc(covs: Sequence[torch.Tensor], backend: str | None = None) -> list[torch.Tensor]:

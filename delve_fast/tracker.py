@@ -155,6 +155,10 @@ class SaturationTracker:
         (which can be 0); ``"gap"`` is at least 1 and adds one direction when
         the explained share falls short of the threshold by more than 0.02,
         as delve's PCA layers do. See :func:`delve_fast.stats.intrinsic_dimensionality`.
+    precision : {"double", "mixed"}, default "double"
+        Keyword only. ``"mixed"`` forms each tile's covariance product in
+        float32 on nearly centred data and accumulates it in float64: faster,
+        with the error bound given in ``docs/precision.md``.
 
     Examples
     --------
@@ -192,6 +196,7 @@ class SaturationTracker:
         backend: str | None = None,
         max_saved_samples: int = DEFAULT_MAX_SAVED_SAMPLES,
         idim_rule: str = "delve",
+        precision: str = "double",
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
@@ -224,6 +229,7 @@ class SaturationTracker:
             ignore_layer_names = [ignore_layer_names]
         self.ignore_layer_names = list(ignore_layer_names)
         self.backend = None if backend is None else check_backend(backend)
+        self.precision = ops.check_precision(precision)
         self.max_saved_samples = _check_int("max_saved_samples", max_saved_samples, 0)
         self.idim_rule = _check_choice("idim_rule", idim_rule, S.IDIM_RULES)
         self.nosave = bool(nosave)
@@ -402,6 +408,7 @@ class SaturationTracker:
                     device=self.device,
                     save_data="embed" in self._mode_stats[mode],
                     backend=self.backend,
+                    precision=self.precision,
                     max_saved_samples=self.max_saved_samples,
                 )
                 self.logs[f"{mode}-{_COV}"][name] = state

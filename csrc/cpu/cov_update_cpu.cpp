@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/gram_kernel.h"
@@ -24,6 +25,8 @@ namespace {
 constexpr int64_t kShiftSamples = 256;
 // Target size of one packed panel (float64) per thread: fits in L2.
 constexpr int64_t kPanelBytes = 512 * 1024;
+// Longest run of samples a float32 tile sums in mixed precision.
+constexpr int64_t kMixedTile = 1024;
 // Cap on per-thread private Gram accumulators before switching to a shared one.
 constexpr int64_t kPrivateGramBytes = 32 * 1024 * 1024;
 
@@ -41,12 +44,12 @@ inline double at_sample(const scalar_t* base, const BatchView& v, int64_t sample
 
 // Packs samples [k0, k0 + kc) minus shift into panel (layout in gram_kernel.h)
 // and adds the shifted values into sums[0..c).
-template <typename scalar_t>
-void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc, double* panel,
+template <typename scalar_t, typename P>
+void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc, P* panel,
                 double* sums) {
   if (v.ss == 1 && v.s >= 8) {
     // Each feature's samples are contiguous runs (NCHW): transpose 8x8 tiles.
-    select_pack_runs<scalar_t>()(base, v.sn, v.sc, v.s, v.c, k0, kc, shift, panel, sums);
+    select_pack_runs<scalar_t, P>()(base, v.sn, v.sc, v.s, v.c, k0, kc, shift, panel, sums);
     return;
   }
   // Features of one sample are close together (channels_last, Linear rows,
@@ -58,23 +61,23 @@ void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, i
     for (int64_t blk = 0; blk < v.nblk; ++blk) {
       const int64_t ch0 = blk * kBlock;
       const int64_t nvalid = std::min<int64_t>(kBlock, v.c - ch0);
-      double* dst = panel + blk * stride_blk + k * kBlock;
+      P* dst = panel + blk * stride_blk + k * kBlock;
       double* sum = sums + ch0;
       const double* sh = shift + ch0;
       if (v.sc == 1 && nvalid == kBlock) {
         const scalar_t* src = row + ch0;
         for (int64_t t = 0; t < kBlock; ++t) {
           const double val = static_cast<double>(src[t]) - sh[t];
-          dst[t] = val;
+          dst[t] = static_cast<P>(val);
           sum[t] += val;
         }
       } else {
         for (int64_t t = 0; t < nvalid; ++t) {
           const double val = static_cast<double>(row[(ch0 + t) * v.sc]) - sh[t];
-          dst[t] = val;
+          dst[t] = static_cast<P>(val);
           sum[t] += val;
         }
-        for (int64_t t = nvalid; t < kBlock; ++t) dst[t] = 0.0;
+        for (int64_t t = nvalid; t < kBlock; ++t) dst[t] = P(0);
       }
     }
     if (++s == v.s) {
@@ -86,9 +89,9 @@ void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, i
 
 // Packs feature blocks [b0, b1) only: a block range of a panel is laid out
 // exactly like the panel of a batch restricted to those features.
-template <typename scalar_t>
-void pack_panel_blocks(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc,
-                       double* panel, double* sums, int64_t b0, int64_t b1) {
+template <typename scalar_t, typename P>
+void pack_panel_blocks(const scalar_t* base, const BatchView& v, const double* shift, int64_t k0, int64_t kc, P* panel,
+                       double* sums, int64_t b0, int64_t b1) {
   const int64_t ch0 = b0 * kBlock;
   BatchView sub = v;
   sub.c = std::min(v.c, b1 * kBlock) - ch0;
@@ -125,13 +128,16 @@ std::vector<int32_t> block_pairs(int64_t nblk, int64_t kc) {
 
 // Adds the shifted Gram of every sample into g (upper triangle, ld = c) and the
 // shifted sums into sums.
-template <typename scalar_t>
+template <typename scalar_t, typename P>
 void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* shift, double* g, double* sums) {
-  const GramFn gram = select_gram_kernel();
+  const GramFn<P> gram = select_gram_kernel<P>();
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t npairs_all = v.nblk * (v.nblk + 1) / 2;
   const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
-  const int64_t kc_cache = std::clamp<int64_t>(kPanelBytes / (v.cpad * 8) / 8 * 8, 32, 4096);
+  // float32 tiles sum at most kMixedTile samples before reaching the float64
+  // accumulator, which bounds their rounding error (docs/precision.md).
+  const int64_t kc_max = std::is_same_v<P, float> ? kMixedTile : 4096;
+  const int64_t kc_cache = std::clamp<int64_t>(kPanelBytes / (v.cpad * 8) / 8 * 8, 32, kc_max);
   const int64_t ntiles_cache = (v.k + kc_cache - 1) / kc_cache;
   const bool split_samples = (nthreads == 1) || (ntiles_cache >= 2 * nthreads && npairs_all < 32 * nthreads &&
                                                  (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
@@ -150,7 +156,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
           gt = priv_g[t - 1].data();
         }
         priv_s[t].assign(v.c, 0.0);
-        std::vector<double> panel(kc_cache * v.cpad);
+        std::vector<P> panel(kc_cache * v.cpad);
         for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
           const int64_t k0 = tile * kc_cache, kc = std::min(kc_cache, v.k - k0);
           pack_panel(base, v, shift, k0, kc, panel.data(), priv_s[t].data());
@@ -171,7 +177,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   // pairs. A longer tile keeps the accumulator traffic small against the flops.
   const int64_t kc_big = std::clamp<int64_t>((32LL << 20) / (v.cpad * 8) / 8 * 8, 16, 256);
   const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
-  std::vector<double> panel(kc_big * v.cpad);
+  std::vector<P> panel(kc_big * v.cpad);
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
     const int64_t kc = std::min(kc_big, v.k - k0);
     at::parallel_for(0, v.nblk, 1, [&](int64_t b0, int64_t b1) {
@@ -183,7 +189,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   }
 }
 
-void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count) {
+void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count, bool mixed) {
   const int64_t c = check_cov_update_args(mean, m2, x, count);
   BatchView v{x.size(0), c, x.size(2), x.size(0) * x.size(2), x.stride(0), x.stride(1), x.stride(2), 0, 0};
   if (v.k == 0 || c == 0) return;
@@ -202,7 +208,13 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
     } else {
       initial_shift(base, v, shift.data());
     }
-    accumulate_shifted(base, v, shift.data(), g, sums.data());
+    // mixed: each tile's product in float32 on the shifted (nearly centred)
+    // data, every tile's sum accumulated in float64.
+    if (mixed) {
+      accumulate_shifted<scalar_t, float>(base, v, shift.data(), g, sums.data());
+    } else {
+      accumulate_shifted<scalar_t, double>(base, v, shift.data(), g, sums.data());
+    }
   });
 
   // g now holds m2_old (upper) + sum (x - shift)(x - shift)^T. With d the mean

@@ -1,47 +1,76 @@
 // Portable build of the Gram micro-kernel, plus the run-time choice between variants.
 #define DELVE_FAST_GRAM_FN gram_pairs_generic
-#define DELVE_FAST_SUB_ROWS 8
-#define DELVE_FAST_SUB_COLS 4
 #define DELVE_FAST_PACK_FN pack_runs_generic
+#define DELVE_FAST_F64_ROWS 8
+#define DELVE_FAST_F64_COLS 4
+#define DELVE_FAST_F32_ROWS 16
+#define DELVE_FAST_F32_COLS 4
 #include "cpu/gram_kernel_impl.h"
 
 namespace delve_fast {
 
 namespace {
-struct Choice {
-  GramFn fn;
-  const char* isa;
-};
+enum class Isa { kGeneric, kAvx2, kAvx512 };
 
-Choice choose() {
+Isa detect() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {gram_pairs_avx512, "avx512"};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {gram_pairs_avx2, "avx2"};
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
-  return {gram_pairs_generic, "generic"};
+  return Isa::kGeneric;
 }
 
-const Choice& choice() {
-  static const Choice c = choose();
-  return c;
+Isa isa() {
+  static const Isa value = detect();
+  return value;
 }
 }  // namespace
 
-GramFn select_gram_kernel() { return choice().fn; }
-const char* gram_kernel_isa() { return choice().isa; }
-
-template <typename T>
-PackRunsFn<T> select_pack_runs() {
-  const GramFn fn = choice().fn;
-  if (fn == gram_pairs_avx512) return pack_runs_avx512<T>;
-  if (fn == gram_pairs_avx2) return pack_runs_avx2<T>;
-  return pack_runs_generic<T>;
+const char* gram_kernel_isa() {
+  switch (isa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "generic";
+  }
 }
 
-template PackRunsFn<float> select_pack_runs<float>();
-template PackRunsFn<double> select_pack_runs<double>();
-template PackRunsFn<c10::Half> select_pack_runs<c10::Half>();
-template PackRunsFn<c10::BFloat16> select_pack_runs<c10::BFloat16>();
+template <typename P>
+GramFn<P> select_gram_kernel() {
+  switch (isa()) {
+    case Isa::kAvx512:
+      return gram_pairs_avx512<P>;
+    case Isa::kAvx2:
+      return gram_pairs_avx2<P>;
+    default:
+      return gram_pairs_generic<P>;
+  }
+}
+
+template <typename T, typename P>
+PackRunsFn<T, P> select_pack_runs() {
+  switch (isa()) {
+    case Isa::kAvx512:
+      return pack_runs_avx512<T, P>;
+    case Isa::kAvx2:
+      return pack_runs_avx2<T, P>;
+    default:
+      return pack_runs_generic<T, P>;
+  }
+}
+
+template GramFn<double> select_gram_kernel<double>();
+template GramFn<float> select_gram_kernel<float>();
+#define DELVE_FAST_INSTANTIATE_SELECT(T)                       \
+  template PackRunsFn<T, double> select_pack_runs<T, double>(); \
+  template PackRunsFn<T, float> select_pack_runs<T, float>();
+DELVE_FAST_INSTANTIATE_SELECT(float)
+DELVE_FAST_INSTANTIATE_SELECT(double)
+DELVE_FAST_INSTANTIATE_SELECT(c10::Half)
+DELVE_FAST_INSTANTIATE_SELECT(c10::BFloat16)
+#undef DELVE_FAST_INSTANTIATE_SELECT
 
 }  // namespace delve_fast

@@ -236,7 +236,9 @@ inline SplitPlan plan_splits(int64_t c, int64_t k, int64_t sms) {
   return p;
 }
 
-void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count) {
+// mixed is accepted for schema parity; the CUDA tiles are always float64 for now
+// (docs/precision.md), so the result is the float64 one.
+void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count, bool /*mixed*/) {
   const int64_t c = check_cov_update_args(mean, m2, x, count);
   TORCH_CHECK(x.is_cuda(), "cov_update_: the CUDA kernel got x on ", x.device());
   const int64_t k = x.size(0) * x.size(2);

@@ -1,0 +1,115 @@
+"""The opt-in mixed precision mode: float32 tile products, float64 accumulation.
+
+Its bound (docs/precision.md) is checked against a float64 NumPy covariance,
+and its lsat / idim are compared with the float64 mode's on the demo's data and
+on the benchmark's VGG-style model, as the performance issue asks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from delve_fast import ops, stats
+from delve_fast._reference import as_channel_view
+
+BACKENDS = ["cpp", "torch"]
+
+
+def _state(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(c, dtype=torch.float64), torch.zeros(c, c, dtype=torch.float64)
+
+
+def _np_cov(batches: list[torch.Tensor]) -> np.ndarray:
+    rows = np.concatenate([b.double().permute(0, 2, 1).reshape(-1, b.shape[1]).numpy() for b in batches])
+    return np.cov(rows, rowvar=False, bias=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(16, 24, 64), (300, 70, 1), (4, 33, 900)])
+def test_mixed_within_documented_bound(compiled, backend, shape):  # noqa: ARG001 (fail if the build is broken)
+    """|error_ij| <= 1e-4 * sqrt(cov_ii * cov_jj): float32 rounding over <= 1024-sample tiles.
+
+    The documented worst case is kc * 2**-24 ~ 6e-5 of sqrt(cov_ii cov_jj) per
+    tile (the tiles of one batch are summed in float64); 1e-4 leaves room for
+    the rounding of the inputs themselves. An offset of 50 standard deviations
+    makes sure the shift, not luck, keeps the products small.
+    """
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(*shape, generator=gen) * 0.3 + 15.0 for _ in range(3)]
+    c = shape[1]
+    mean, m2 = _state(c)
+    count = 0
+    for b in batches:
+        ops.cov_update_(mean, m2, b, count, backend=backend, precision="mixed")
+        count += b.shape[0] * b.shape[2]
+    ref = _np_cov(batches)
+    got = (m2 / count).numpy()
+    scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref)))
+    assert np.max(np.abs(got - ref) / scale) <= 1e-4
+    # Far from float64 accuracy, so the test would notice a silent float64 fallback.
+    mean64, m264 = _state(c)
+    ops.cov_update_(mean64, m264, torch.cat(batches), 0, backend=backend)
+    assert not torch.equal(m264, m2)
+
+
+def test_precision_argument_is_validated():
+    mean, m2 = _state(3)
+    with pytest.raises(ValueError, match="precision='half'.*double, mixed"):
+        ops.cov_update_(mean, m2, torch.randn(2, 3, 1), 0, precision="half")
+
+
+def _track(model: nn.Module, batches: list[torch.Tensor], precision: str, backend: str) -> dict[str, tuple[float, int]]:
+    """lsat and idim per tracked layer, from states fed by forward hooks."""
+    states: dict[str, list] = {}
+
+    def hook(name):
+        def fn(_module, _inp, out):
+            view = as_channel_view(out.detach())
+            mean, m2, count = states.setdefault(name, [*_state(view.shape[1]), 0])
+            ops.cov_update_(mean, m2, view, count, backend=backend, precision=precision)
+            states[name][2] += view.shape[0] * view.shape[2]
+
+        return fn
+
+    handles = [
+        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in handles:
+        h.remove()
+    names = list(states)
+    covs = [states[n][1] / states[n][2] for n in names]
+    eigs = ops.eigvalsh_desc(covs, backend=backend)
+    return {n: (stats.saturation(e), stats.intrinsic_dimensionality(e)) for n, e in zip(names, eigs)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_matches_double_on_demo_data(compiled, backend):  # noqa: ARG001
+    from delve_fast.demo import DigitsCNN, load_digits_split
+
+    torch.manual_seed(0)
+    x_train, _, _, _ = load_digits_split(subset=600)
+    model = DigitsCNN().eval()
+    batches = list(x_train.split(64))
+    double = _track(model, batches, "double", backend)
+    mixed = _track(model, batches, "mixed", backend)
+    assert len(double) == 7
+    assert mixed == double
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_matches_double_on_benchmark_model(compiled, backend):  # noqa: ARG001
+    from benchmarks.common import build_vgg
+
+    model = build_vgg(seed=0).eval()
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(16, 3, 32, 32, generator=gen) for _ in range(2)]
+    double = _track(model, batches, "double", backend)
+    mixed = _track(model, batches, "mixed", backend)
+    assert len(double) == 9
+    assert mixed == double
