@@ -25,6 +25,8 @@ $(VENV)/.torch_installed: $(VENV)/bin/python
 $(VENV)/.delve_fast_installed: $(VENV)/.torch_installed $(CSRC)
 	$(PIP) install --quiet $(BUILD_DEPS)
 	$(PIP) install --quiet --no-build-isolation -e ".[test]"
+	@# The real delve, for the parity tests only; they skip with a reason if it cannot be installed.
+	$(PIP) install --quiet "delve==0.1.50" tensorboardX || echo "delve 0.1.50 could not be installed: parity tests will skip"
 	$(PY) -c "import delve_fast; info = delve_fast.backend_info(); print('delve_fast backend:', info['backend'], '-', info['reason'])"
 	touch $@
 
