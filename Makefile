@@ -37,7 +37,7 @@ demo: install
 	$(PY) -m delve_fast demo --output runs/demo
 
 bench: install
-	$(PIP) install --quiet ".[bench]" "delve==0.1.50" tensorboardX
+	$(PIP) install --quiet "pytest-benchmark>=4" "psutil>=5" "delve==0.1.50" tensorboardX
 	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider $(PYTEST_ARGS)
 	$(PY) -m benchmarks.report
 

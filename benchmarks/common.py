@@ -443,6 +443,11 @@ def run_training_overhead(
         "step_ms": times,
         "median_ms": med,
         "overhead": {v: med[v] / med["none"] - 1.0 for v in all_variants if v != "none"},
+        "overhead_paired": {
+            v: statistics.median(a / b for a, b in zip(times[v], times["none"], strict=True)) - 1.0
+            for v in all_variants
+            if v != "none"
+        },
         "add_saturations_ms": sat_ms,
         "epoch_steps": EPOCH_STEPS,
     }

@@ -35,6 +35,10 @@ def _ms(seconds: float | None) -> str:
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.1%}"
+
+
 def _x(ratio: float | None) -> str:
     return "–" if ratio is None else f"{ratio:.2f}×"
 
@@ -53,6 +57,8 @@ class Results:
         self.update: dict[str, dict[str, float]] = {}
         self.gemm_rate: float | None = None
         self.case_gemm_rate: dict[str, float] = {}
+        self.update_times: dict[str, dict[str, list[float]]] = {}
+        self.update_gemm_flops: int | None = None
         self.reduction_match: bool | None = None
         self.reduction_err: float | None = None
         self.reduction: dict[str, float] = {}
@@ -66,6 +72,8 @@ class Results:
                 meds = dict(info["median_s"])
                 gemm = meds.pop("gemm", None)
                 self.update[info["case"]] = meds
+                self.update_times[info["case"]] = info.get("times_s", {})
+                self.update_gemm_flops = info["gemm_flops"]
                 if gemm:
                     self.case_gemm_rate[info["case"]] = info["gemm_flops"] / gemm
             elif kind == "gemm":
@@ -88,18 +96,39 @@ class Results:
         rate = self.rate(case_id)
         return CASES_BY_ID[case_id].syrk_flops / rate if rate else None
 
-    def speedup(self, case_id: str, path: str = "compiled") -> float | None:
+    def _paired(self, case_id: str, num: str, den: str) -> float | None:
+        """Median over rounds of t_num / t_den, both timed in the same round (robust to speed changes)."""
+        t = self.update_times.get(case_id, {})
+        if num in t and den in t and len(t[num]) == len(t[den]) and t[num]:
+            return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
         row = self.update.get(case_id, {})
-        if path in row and "delve" in row:
-            return row["delve"] / row[path]
+        if num in row and den in row:
+            return row[num] / row[den]
         return None
 
+    def speedup(self, case_id: str, path: str = "compiled") -> float | None:
+        """delve time / ``path`` time, as the median of per-round ratios."""
+        return self._paired(case_id, "delve", path)
+
     def roofline_fraction(self, case_id: str, path: str = "compiled") -> float | None:
+        """Roofline time / ``path`` time, each round's roofline from that round's GEMM."""
+        if self.update_times.get(case_id, {}).get("gemm") and self.update_gemm_flops:
+            ratio = self._paired(case_id, "gemm", path)  # t_gemm / t_path
+            return None if ratio is None else ratio * CASES_BY_ID[case_id].syrk_flops / self.update_gemm_flops
         row = self.update.get(case_id, {})
         roof = self.roofline_s(case_id)
         if path in row and roof:
             return roof / row[path]
         return None
+
+    def gemm_rate_range(self) -> tuple[float, float] | None:
+        """Lowest and highest per-call fp64 GEMM rate seen during the update benchmarks."""
+        if not self.update_gemm_flops:
+            return None
+        calls = [t for times in self.update_times.values() for t in times.get("gemm", [])]
+        if not calls:
+            return None
+        return self.update_gemm_flops / max(calls), self.update_gemm_flops / min(calls)
 
     def reduction_speedup(self, path: str = "compiled", base: str = "delve") -> float | None:
         if path in self.reduction and base in self.reduction:
@@ -273,13 +302,15 @@ def training_section(r: Results) -> list[str]:
     epoch_ms = tr["epoch_steps"] * med["none"]
     lines = [
         f"{tr['rounds']} rounds after warm-up; each round runs one SGD step (batch {tr['batch']}) of every model, "
-        "in an order that rotates each round. Medians of the step times; overhead = median with / median without − 1. "
+        "in an order that rotates each round. Medians of the step times; overhead = median with / median without − 1 "
+        "(the issue's definition, used for the verdict). "
         f"`add_saturations()` is timed separately (median of {len(next(iter(sat.values()), []))} calls) and amortised over "
         f"one epoch of {tr['epoch_steps']} steps (CIFAR-10 at batch 64).",
         "",
-        "| tracker | median step ms | overhead per step | add_saturations() ms | add_saturations() per epoch |",
-        "|---|---|---|---|---|",
-        f"| none | {med['none']:.1f} | – | – | – |",
+        "| tracker | median step ms | overhead per step | overhead, median of per-round ratios | "
+        "add_saturations() ms | add_saturations() per epoch |",
+        "|---|---|---|---|---|---|",
+        f"| none | {med['none']:.1f} | – | – | – | – |",
     ]
     for v in tr["variants"]:
         if v not in med:
@@ -287,6 +318,7 @@ def training_section(r: Results) -> list[str]:
         s = statistics.median(sat[v]) if sat.get(v) else None
         lines.append(
             f"| {VARIANT_LABELS.get(v, v)} | {med[v]:.1f} | {tr['overhead'][v]:+.1%} | "
+            f"{_pct(tr.get('overhead_paired', {}).get(v))} | "
             f"{'–' if s is None else f'{s:.1f}'} | {'–' if s is None else f'{s / epoch_ms:.3%}'} |"
         )
     if tr.get("tracker_note"):
@@ -381,8 +413,16 @@ def render_markdown(r: Results, png_name: str | None) -> str:
             if r.gemm_rate
             else "."
         ),
-        "Fraction of roofline = roofline time / compiled time. Tokens are viewed `(B·T, D, 1)` by delve_fast and "
-        "`(B·T, D)` for delve.",
+        "Fraction of roofline = roofline time / compiled time. Times are medians; speed-ups and fractions of "
+        "roofline are medians of per-round ratios (both calls made in the same round), which stay steady when the "
+        "shared host changes speed"
+        + (
+            f" — over this run one 2048² fp64 GEMM ran at {r.gemm_rate_range()[0] / 1e9:.0f}–"
+            f"{r.gemm_rate_range()[1] / 1e9:.0f} GFLOP/s."
+            if r.gemm_rate_range()
+            else "."
+        ),
+        "Tokens are viewed `(B·T, D, 1)` by delve_fast and `(B·T, D)` for delve.",
         "",
         *update_table(r),
         "",

@@ -207,3 +207,28 @@ def test_input_requiring_grad_gets_no_graph(compiled):
     torch.library.opcheck(
         compiled.eigvalsh_desc.default, (mats,), test_utils=("test_schema", "test_autograd_registration")
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_large_matrices_solved_concurrently(compiled, threads):
+    """Several 512-wide matrices in one call, with torch's thread count set explicitly.
+
+    Regression: solving them from inside an OpenMP parallel region once gave
+    eigenvalues wrong by up to the largest eigenvalue (MKL's own threading does
+    not nest there). The answer must not depend on the thread count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        mats = [spd(512, seed=s) for s in range(3)] + [spd(300, seed=9), spd(64, seed=10)]
+        out = compiled.eigvalsh_desc(mats)
+    finally:
+        torch.set_num_threads(before)
+    check_result(out, mats)
+
+
+def test_failure_in_a_worker_is_raised_not_fatal(compiled):
+    """A solver error in any worker thread reaches the caller as an exception."""
+    bad = torch.full((200, 200), float("nan"), dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        compiled.eigvalsh_desc([spd(300, seed=1), bad, spd(50, seed=2)])

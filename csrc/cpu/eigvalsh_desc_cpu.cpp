@@ -1,11 +1,15 @@
 // CPU kernel of delve_fast::eigvalsh_desc: eigenvalues only, for many matrices at once.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
+#include <mutex>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "delve_fast.h"
@@ -23,20 +27,36 @@ std::vector<at::Tensor> eigvalsh_desc_cpu(at::TensorList covs) {
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return mats[a].size(0) > mats[b].size(0); });
   std::atomic<size_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(mats.size()));
-  at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t w0, int64_t w1) {
-    // Eigenvalues carry no gradient here. Grad mode is thread-local, so the
-    // guard goes inside the worker: otherwise the ops below would attach an
-    // autograd graph that the op itself does not declare.
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  const at::ThreadLocalState tls;
+  auto work = [&]() {
+    // Workers inherit the caller's thread-local state, then switch autograd
+    // off: the eigenvalues are reported, never differentiated, and the op
+    // declares no derivative.
+    at::ThreadLocalStateGuard tls_guard(tls);
     at::NoGradGuard no_grad;
-    for (int64_t w = w0; w < w1; ++w) {
+    try {
       for (size_t i = next++; i < order.size(); i = next++) {
-        const auto& a = mats[order[i]];
         // eigvalsh returns ascending values; flip and clamp round-off negatives.
-        out[order[i]] = at::linalg_eigvalsh(a).flip({0}).clamp_min_(0);
+        out[order[i]] = at::linalg_eigvalsh(mats[order[i]]).flip({0}).clamp_min_(0);
       }
+    } catch (...) {
+      // An exception must not escape a std::thread; hand it to the caller.
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next = order.size();
     }
-  });
+  };
+  // Plain threads, not at::parallel_for: LAPACK called from inside an OpenMP
+  // parallel region returned wrong eigenvalues for larger matrices (its own
+  // threading is not safe to nest there), while separate threads are.
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(mats.size()));
+  std::vector<std::thread> pool;
+  for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
   return out;
 }
 
