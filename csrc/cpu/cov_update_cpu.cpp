@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "cpu/gram_kernel.h"
@@ -23,10 +22,13 @@ namespace {
 
 // Samples used to estimate a shift when the state is still empty.
 constexpr int64_t kShiftSamples = 256;
-// Target size of one packed panel (float64) per thread: fits in L2.
-constexpr int64_t kPanelBytes = 512 * 1024;
-// Longest run of samples a float32 tile sums in mixed precision.
-constexpr int64_t kMixedTile = 1024;
+// Samples per tile. One 16-feature block of a tile (kTile * 16 * 8 bytes)
+// stays in L1 while the micro-kernel sweeps it, and the accumulator traffic
+// per tile is small next to its flops. In mixed precision this is also the
+// longest run a float32 sum covers before reaching float64 (docs/precision.md).
+constexpr int64_t kTile = 256;
+// Shared panels are capped so huge feature counts still tile in bounded memory.
+constexpr int64_t kSharedPanelBytes = 32LL << 20;
 // Cap on per-thread private Gram accumulators before switching to a shared one.
 constexpr int64_t kPrivateGramBytes = 32 * 1024 * 1024;
 
@@ -54,37 +56,7 @@ void pack_panel(const scalar_t* base, const BatchView& v, const double* shift, i
   }
   // Features of one sample are close together (channels_last, Linear rows,
   // tokens) or the runs are too short to pay off: walk sample by sample.
-  const int64_t stride_blk = kc * kBlock;
-  int64_t n = k0 / v.s, s = k0 - (k0 / v.s) * v.s;
-  for (int64_t k = 0; k < kc; ++k) {
-    const scalar_t* row = base + n * v.sn + s * v.ss;
-    for (int64_t blk = 0; blk < v.nblk; ++blk) {
-      const int64_t ch0 = blk * kBlock;
-      const int64_t nvalid = std::min<int64_t>(kBlock, v.c - ch0);
-      P* dst = panel + blk * stride_blk + k * kBlock;
-      double* sum = sums + ch0;
-      const double* sh = shift + ch0;
-      if (v.sc == 1 && nvalid == kBlock) {
-        const scalar_t* src = row + ch0;
-        for (int64_t t = 0; t < kBlock; ++t) {
-          const double val = static_cast<double>(src[t]) - sh[t];
-          dst[t] = static_cast<P>(val);
-          sum[t] += val;
-        }
-      } else {
-        for (int64_t t = 0; t < nvalid; ++t) {
-          const double val = static_cast<double>(row[(ch0 + t) * v.sc]) - sh[t];
-          dst[t] = static_cast<P>(val);
-          sum[t] += val;
-        }
-        for (int64_t t = nvalid; t < kBlock; ++t) dst[t] = P(0);
-      }
-    }
-    if (++s == v.s) {
-      s = 0;
-      ++n;
-    }
-  }
+  select_pack_rows<scalar_t, P>()(base, v.sn, v.ss, v.sc, v.s, v.c, k0, kc, shift, panel, sums);
 }
 
 // Packs feature blocks [b0, b1) only: a block range of a panel is laid out
@@ -134,13 +106,12 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t npairs_all = v.nblk * (v.nblk + 1) / 2;
   const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
-  // float32 tiles sum at most kMixedTile samples before reaching the float64
-  // accumulator, which bounds their rounding error (docs/precision.md).
-  const int64_t kc_max = std::is_same_v<P, float> ? kMixedTile : 4096;
-  const int64_t kc_cache = std::clamp<int64_t>(kPanelBytes / (v.cpad * 8) / 8 * 8, 32, kc_max);
+  const int64_t kc_cache = kTile;
   const int64_t ntiles_cache = (v.k + kc_cache - 1) / kc_cache;
-  const bool split_samples = (nthreads == 1) || (ntiles_cache >= 2 * nthreads && npairs_all < 32 * nthreads &&
-                                                 (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
+  // Splitting the samples needs no synchronisation per tile, so it is preferred
+  // whenever there are enough tiles and the private accumulators stay small.
+  const bool split_samples =
+      (nthreads == 1) || (ntiles_cache >= 2 * nthreads && (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (thread 0 writes straight into g).
@@ -175,7 +146,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   }
   // Many features: share one panel per tile and split the triangle's block
   // pairs. A longer tile keeps the accumulator traffic small against the flops.
-  const int64_t kc_big = std::clamp<int64_t>((32LL << 20) / (v.cpad * 8) / 8 * 8, 16, 256);
+  const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
   const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
   std::vector<P> panel(kc_big * v.cpad);
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
@@ -230,13 +201,13 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
   }
   // Tiles of 64 x 64 keep both the row reads and the transposed writes of the
   // mirror inside a few pages; a plain column walk thrashes the TLB at large C.
-  constexpr int64_t kTile = 64;
-  const int64_t ntile = (c + kTile - 1) / kTile;
+  constexpr int64_t kMergeTile = 64;
+  const int64_t ntile = (c + kMergeTile - 1) / kMergeTile;
   at::parallel_for(0, ntile, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * kTile, i1 = std::min(c, i0 + kTile);
-      for (int64_t j0 = i0; j0 < c; j0 += kTile) {
-        const int64_t j1 = std::min(c, j0 + kTile);
+      const int64_t i0 = ti * kMergeTile, i1 = std::min(c, i0 + kMergeTile);
+      for (int64_t j0 = i0; j0 < c; j0 += kMergeTile) {
+        const int64_t j1 = std::min(c, j0 + kMergeTile);
         for (int64_t i = i0; i < i1; ++i) {
           double* row = g + i * c;
           const double wi = w * delta[i], ki = k * d[i];

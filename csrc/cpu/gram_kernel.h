@@ -30,11 +30,22 @@ template <typename T, typename P>
 using PackRunsFn = void (*)(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
                             const double* shift, P* panel, double* sums);
 
+// Packs samples [k0, k0 + kc) of a batch whose features sit close together
+// within a sample (channels_last, Linear rows, tokens: x[n, c, s] at
+// base[n * sn + s * ss + c * sc]) the same way, sixteen features at a time when
+// they are contiguous.
+template <typename T, typename P>
+using PackRowsFn = void (*)(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0,
+                            int64_t kc, const double* shift, P* panel, double* sums);
+
 #define DELVE_FAST_DECLARE_ISA(isa)                                                                                 \
   template <typename P>                                                                                             \
-  void gram_pairs_##isa(const P*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);                    \
+  void gram_pairs_##isa(const P*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);                     \
   template <typename T, typename P>                                                                                 \
-  void pack_runs_##isa(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, P*, double*);
+  void pack_runs_##isa(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, P*, double*); \
+  template <typename T, typename P>                                                                                 \
+  void pack_rows_##isa(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, P*,  \
+                       double*);
 DELVE_FAST_DECLARE_ISA(generic)
 DELVE_FAST_DECLARE_ISA(avx2)
 DELVE_FAST_DECLARE_ISA(avx512)
@@ -45,6 +56,8 @@ template <typename P>
 GramFn<P> select_gram_kernel();
 template <typename T, typename P>
 PackRunsFn<T, P> select_pack_runs();
+template <typename T, typename P>
+PackRowsFn<T, P> select_pack_rows();
 const char* gram_kernel_isa();
 
 }  // namespace delve_fast

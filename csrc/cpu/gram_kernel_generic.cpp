@@ -1,6 +1,7 @@
 // Portable build of the Gram micro-kernel, plus the run-time choice between variants.
 #define DELVE_FAST_GRAM_FN gram_pairs_generic
 #define DELVE_FAST_PACK_FN pack_runs_generic
+#define DELVE_FAST_PACK_ROWS_FN pack_rows_generic
 #define DELVE_FAST_F64_ROWS 8
 #define DELVE_FAST_F64_COLS 4
 #define DELVE_FAST_F32_ROWS 16
@@ -62,11 +63,25 @@ PackRunsFn<T, P> select_pack_runs() {
   }
 }
 
+template <typename T, typename P>
+PackRowsFn<T, P> select_pack_rows() {
+  switch (isa()) {
+    case Isa::kAvx512:
+      return pack_rows_avx512<T, P>;
+    case Isa::kAvx2:
+      return pack_rows_avx2<T, P>;
+    default:
+      return pack_rows_generic<T, P>;
+  }
+}
+
 template GramFn<double> select_gram_kernel<double>();
 template GramFn<float> select_gram_kernel<float>();
-#define DELVE_FAST_INSTANTIATE_SELECT(T)                       \
+#define DELVE_FAST_INSTANTIATE_SELECT(T)                        \
   template PackRunsFn<T, double> select_pack_runs<T, double>(); \
-  template PackRunsFn<T, float> select_pack_runs<T, float>();
+  template PackRunsFn<T, float> select_pack_runs<T, float>();   \
+  template PackRowsFn<T, double> select_pack_rows<T, double>(); \
+  template PackRowsFn<T, float> select_pack_rows<T, float>();
 DELVE_FAST_INSTANTIATE_SELECT(float)
 DELVE_FAST_INSTANTIATE_SELECT(double)
 DELVE_FAST_INSTANTIATE_SELECT(c10::Half)

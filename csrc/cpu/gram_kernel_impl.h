@@ -1,7 +1,7 @@
 // Body of the Gram micro-kernel and the NCHW packer, compiled once per
 // instruction set by the gram_kernel_<isa>.cpp files (each built with its own
-// -m flags). Before including, define DELVE_FAST_GRAM_FN and DELVE_FAST_PACK_FN
-// (the function names), and the register sub-tile of each panel precision:
+// -m flags). Before including, define DELVE_FAST_GRAM_FN, DELVE_FAST_PACK_FN and
+// DELVE_FAST_PACK_ROWS_FN (the function names), and the register sub-tile of each panel precision:
 // DELVE_FAST_F64_ROWS / DELVE_FAST_F64_COLS and DELVE_FAST_F32_ROWS / DELVE_FAST_F32_COLS.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/gram_kernel.h"
 
@@ -43,12 +44,12 @@ inline typename Vec<P>::type load_vec(const P* p) {
 // out (column-major kRows x kCols) = a^T b over kc samples, where a and b point
 // into panel blocks (stride kBlock per sample). acc[j][r] holds rows
 // [r * lanes, (r + 1) * lanes) of column j.
-template <typename P>
+template <typename P, int kTileRows = Vec<P>::kRows>
 inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P* __restrict out) {
   using V = Vec<P>;
   using vec = typename V::type;
-  constexpr int kRowVecs = V::kRows / V::kLanes;
-  static_assert(V::kRows % V::kLanes == 0, "sub-tile rows must fill whole vectors");
+  constexpr int kRowVecs = kTileRows / V::kLanes;
+  static_assert(kTileRows % V::kLanes == 0, "sub-tile rows must fill whole vectors");
   static_assert(kBlock % V::kRows == 0 && kBlock % V::kCols == 0, "sub-tiles must tile a block");
   vec acc[V::kCols][kRowVecs];
   for (int j = 0; j < V::kCols; ++j)
@@ -63,7 +64,7 @@ inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P
     }
   }
   for (int j = 0; j < V::kCols; ++j)
-    for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * V::kRows + r * V::kLanes, &acc[j][r], sizeof(vec));
+    for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * kTileRows + r * V::kLanes, &acc[j][r], sizeof(vec));
 }
 
 }  // namespace
@@ -71,7 +72,7 @@ inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P
 template <typename P>
 void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t c, double* g, int64_t ldg, const int32_t* pairs,
                         int64_t npairs) {
-  constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols;
+  constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
   const int64_t stride_blk = kc * kBlock;
   P tile[kRows * kCols];
   for (int64_t p = 0; p < npairs; ++p) {
@@ -84,12 +85,27 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t c, double* g, int64_
       for (int64_t r0 = 0; r0 < kBlock; r0 += kRows) {
         const int64_t row0 = bi * kBlock + r0;
         if (row0 >= c) break;
-        sub_tile<P>(a_blk + r0, b_sub, kc, tile);
-        const int64_t nr = std::min<int64_t>(kRows, c - row0);
+        // On a diagonal block, skip work that lies wholly below the diagonal:
+        // whole sub-tiles, or the lower half of one when that half fills vectors.
+        if (bi == bj && row0 >= col0 + kCols) continue;
+        int64_t rows = kRows;
+        if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
+          if (bi == bj && row0 + kHalfRows >= col0 + kCols) rows = kHalfRows;
+        }
+        if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
+          if (rows == kHalfRows) {
+            sub_tile<P, kHalfRows>(a_blk + r0, b_sub, kc, tile);
+          } else {
+            sub_tile<P>(a_blk + r0, b_sub, kc, tile);
+          }
+        } else {
+          sub_tile<P>(a_blk + r0, b_sub, kc, tile);
+        }
+        const int64_t nr = std::min<int64_t>(rows, c - row0);
         // A float tile is widened here: each tile's sum goes into the float64 state.
         for (int64_t i = 0; i < nr; ++i) {
           double* grow = g + (row0 + i) * ldg + col0;
-          for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * kRows + i]);
+          for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * rows + i]);
         }
       }
     }
@@ -220,9 +236,53 @@ void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, in
   }
 }
 
-#define DELVE_FAST_INSTANTIATE_PACK(T, P)                                                                       \
-  template void DELVE_FAST_PACK_FN<T, P>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                         const double*, P*, double*);
+template <typename T, typename P>
+void DELVE_FAST_PACK_ROWS_FN(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0,
+                             int64_t kc, const double* shift, P* panel, double* sums) {
+  const int64_t stride_blk = kc * kBlock;
+  const int64_t nblk = (c + kBlock - 1) / kBlock;
+  const int64_t full = (sc == 1) ? c / kBlock : 0;  // blocks loaded as two vectors
+  // Per-feature sums of this tile, in float64. std::vector of a vector type
+  // would instantiate the same std:: symbols under different ISA flags in each
+  // gram_kernel_<isa>.cpp, so plain doubles are kept and loaded as vectors.
+  std::vector<double> acc(full * kBlock, 0.0);
+  int64_t n = k0 / s_len, s = k0 - (k0 / s_len) * s_len;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* row = base + n * sn + s * ss;
+    for (int64_t b = 0; b < full; ++b) {
+      P* dst = panel + b * stride_blk + k * kBlock;
+      double* a = acc.data() + b * kBlock;
+      const dvec lo = load8_as_double(row + b * kBlock) - load_vec(shift + b * kBlock);
+      const dvec hi = load8_as_double(row + b * kBlock + 8) - load_vec(shift + b * kBlock + 8);
+      store8(a, load_vec(a) + lo);
+      store8(a + 8, load_vec(a + 8) + hi);
+      store8(dst, lo);
+      store8(dst + 8, hi);
+    }
+    // Strided features, or the partial last block: one value at a time.
+    for (int64_t b = full; b < nblk; ++b) {
+      P* dst = panel + b * stride_blk + k * kBlock;
+      const int64_t ch0 = b * kBlock, nvalid = std::min<int64_t>(kBlock, c - ch0);
+      for (int64_t t = 0; t < nvalid; ++t) {
+        const double val = static_cast<double>(row[(ch0 + t) * sc]) - shift[ch0 + t];
+        dst[t] = static_cast<P>(val);
+        sums[ch0 + t] += val;
+      }
+      for (int64_t t = nvalid; t < kBlock; ++t) dst[t] = P(0);
+    }
+    if (++s == s_len) {
+      s = 0;
+      ++n;
+    }
+  }
+  for (int64_t i = 0; i < full * kBlock; ++i) sums[i] += acc[i];
+}
+
+#define DELVE_FAST_INSTANTIATE_PACK(T, P)                                                                              \
+  template void DELVE_FAST_PACK_FN<T, P>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,               \
+                                         const double*, P*, double*);                                                  \
+  template void DELVE_FAST_PACK_ROWS_FN<T, P>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                              const double*, P*, double*);
 DELVE_FAST_INSTANTIATE_PACK(float, double)
 DELVE_FAST_INSTANTIATE_PACK(double, double)
 DELVE_FAST_INSTANTIATE_PACK(c10::Half, double)
