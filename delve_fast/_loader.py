@@ -42,9 +42,16 @@ def load_error() -> str | None:
     return _load_error
 
 
+_build_info: dict[str, Any] | None = None
+
+
 def build_info() -> dict[str, Any]:
     """Return the extension's build facts, or an empty dict without it."""
-    return dict(_C.build_info()) if _C is not None else {}
+    global _build_info
+    if _build_info is None:
+        # Asked on every op call: build it once.
+        _build_info = dict(_C.build_info()) if _C is not None else {}
+    return dict(_build_info)
 
 
 def check_backend(name: str) -> str:

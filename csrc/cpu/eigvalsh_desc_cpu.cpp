@@ -12,6 +12,10 @@
 #include <thread>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "delve_fast.h"
 
 namespace delve_fast {
@@ -30,12 +34,18 @@ std::vector<at::Tensor> eigvalsh_desc_cpu(at::TensorList covs) {
   std::exception_ptr error;
   std::mutex error_mutex;
   const at::ThreadLocalState tls;
+  bool single_threaded_solvers = false;
   auto work = [&]() {
     // Workers inherit the caller's thread-local state, then switch autograd
     // off: the eigenvalues are reported, never differentiated, and the op
     // declares no derivative.
     at::ThreadLocalStateGuard tls_guard(tls);
     at::NoGradGuard no_grad;
+#ifdef _OPENMP
+    // One solver per core: LAPACK inside each worker would otherwise start
+    // its own full thread team and oversubscribe the cores.
+    if (single_threaded_solvers) omp_set_num_threads(1);
+#endif
     try {
       for (size_t i = next++; i < order.size(); i = next++) {
         // eigvalsh returns ascending values; flip and clamp round-off negatives.
@@ -52,10 +62,16 @@ std::vector<at::Tensor> eigvalsh_desc_cpu(at::TensorList covs) {
   // parallel region returned wrong eigenvalues for larger matrices (its own
   // threading is not safe to nest there), while separate threads are.
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(mats.size()));
-  std::vector<std::thread> pool;
-  for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
+  single_threaded_solvers = workers > 1;
+  if (workers <= 1) {
+    work();  // one matrix (or one thread): the solver may use every core itself
+  } else {
+    // Every worker is a fresh thread, so limiting its solver's threads leaves
+    // the caller's OpenMP settings untouched.
+    std::vector<std::thread> pool;
+    for (int64_t w = 0; w < workers; ++w) pool.emplace_back(work);
+    for (auto& t : pool) t.join();
+  }
   if (error) std::rethrow_exception(error);
   return out;
 }
