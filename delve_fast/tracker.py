@@ -414,7 +414,9 @@ class SaturationTracker:
                 self.logs[f"{mode}-{_COV}"][name] = state
             state.update_view(view)
 
-        return hook
+        # Under torch.compile the hook runs eagerly: tracing its Python
+        # bookkeeping would only force a recompile on every counter change.
+        return torch.compiler.disable(hook)
 
     def _as_batch(
         self, kind: str | None, module: nn.Module, output: Any, room: int | None, key: tuple[str, str]

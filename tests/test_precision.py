@@ -86,7 +86,7 @@ def _track(model: nn.Module, batches: list[torch.Tensor], precision: str, backen
     names = list(states)
     covs = [states[n][1] / states[n][2] for n in names]
     eigs = ops.eigvalsh_desc(covs, backend=backend)
-    return {n: (stats.saturation(e), stats.intrinsic_dimensionality(e)) for n, e in zip(names, eigs)}
+    return {n: (stats.saturation(e), stats.intrinsic_dimensionality(e)) for n, e in zip(names, eigs, strict=True)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

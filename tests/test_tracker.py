@@ -624,3 +624,32 @@ def test_flatten_channels_last_matches_numpy_order(tmp_path):
     t.close()
     rows = torch.cat(ys + [ys[0]]).double().reshape(18, -1).numpy()  # delve's (C, H, W) feature order
     np.testing.assert_allclose(_cov_file(tmp_path, "train", "Module-0-Conv2d"), _np_cov(rows), rtol=1e-6, atol=1e-9)
+
+
+def test_hooks_under_torch_compile_match_eager(tmp_path):
+    """A compiled model feeds the tracker the same samples as the eager one, without recompiling per batch."""
+
+    def run(compile_model: bool, name: str) -> pd.DataFrame:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 12))
+        tracker = SaturationTracker(
+            str(tmp_path / name), save_to="csv", modules=model, stats=["lsat", "trc"], device="cpu"
+        )
+        fn = torch.compile(model, backend="eager") if compile_model else model
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            for _ in range(3):
+                fn(torch.randn(5, 3, 8, 8, generator=gen))
+            tracker.add_saturations()
+        tracker.close()
+        return pd.read_csv(str(tmp_path / name) + ".csv", sep=";", index_col=0)
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = run(True, "compiled")
+    eager = run(False, "eager")
+    assert list(compiled.columns) == list(eager.columns)
+    assert len(compiled.columns) == 4
+    np.testing.assert_allclose(compiled.to_numpy(), eager.to_numpy(), rtol=1e-9)
+    assert not [w for w in caught if "recompil" in str(w.message).lower()]
