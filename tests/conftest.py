@@ -98,3 +98,20 @@ def assert_cov_close(actual: torch.Tensor, expected, rtol: float, msg: str = "")
     actual = actual.detach().cpu().to(torch.float64)
     scale = float(expected.diagonal().abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-300, msg=msg or None)
+
+
+def opcheck_batch(layout: str, gen: torch.Generator) -> torch.Tensor:
+    """A small (5, 19, S) float32 batch in one of three memory layouts, for opcheck.
+
+    ``contiguous`` is NCHW-like, ``transposed`` has unit stride along the
+    features, ``channels_last`` is the view of a channels_last 4-D map.
+    """
+    from delve_fast._reference import as_channel_view
+
+    if layout == "contiguous":
+        return torch.randn(5, 19, 4, generator=gen)
+    if layout == "transposed":
+        return torch.randn(5, 4, 19, generator=gen).transpose(1, 2)
+    if layout == "channels_last":
+        return as_channel_view(torch.randn(5, 19, 2, 3, generator=gen).contiguous(memory_format=torch.channels_last))
+    raise ValueError(f"unknown layout {layout!r}; choose contiguous, transposed or channels_last")

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import assert_cov_close, fresh_state, np_mean_cov, require_compiled_device, samples_f64
+from conftest import assert_cov_close, fresh_state, np_mean_cov, opcheck_batch, require_compiled_device, samples_f64
 
 from delve_fast import _reference, ops
 from delve_fast._reference import as_channel_view
@@ -271,12 +271,7 @@ def test_eigvalsh_desc_cuda_matches_twin(cuda_ops):
 @pytest.mark.parametrize("count", [0, 25])
 def test_opcheck_cov_update_cuda(cuda_ops, dtype, layout, count):
     gen = torch.Generator().manual_seed(20)
-    if layout == "contiguous":
-        x = torch.randn(5, 19, 4, generator=gen)
-    elif layout == "transposed":
-        x = torch.randn(5, 4, 19, generator=gen).transpose(1, 2)
-    else:
-        x = as_channel_view(torch.randn(5, 19, 2, 3, generator=gen).contiguous(memory_format=torch.channels_last))
+    x = opcheck_batch(layout, gen)
     x = x.to(dtype).cuda()
     mean = torch.randn(19, generator=gen, dtype=torch.float64) if count else torch.zeros(19, dtype=torch.float64)
     a = torch.randn(19, 19, generator=gen, dtype=torch.float64)

@@ -27,6 +27,7 @@ from conftest import (
     assert_cov_close,
     fresh_state,
     np_mean_cov,
+    opcheck_batch,
     require_compiled_device,
     samples_f64,
 )
@@ -564,12 +565,7 @@ def test_state_on_other_device_rejected(compiled, device):
 @pytest.mark.parametrize("count", [0, 25])
 def test_opcheck(compiled, dtype, layout, count):
     gen = torch.Generator().manual_seed(0)
-    if layout == "contiguous":
-        x = torch.randn(5, 19, 4, generator=gen)
-    elif layout == "transposed":
-        x = torch.randn(5, 4, 19, generator=gen).transpose(1, 2)
-    else:
-        x = as_channel_view(torch.randn(5, 19, 2, 3, generator=gen).contiguous(memory_format=torch.channels_last))
+    x = opcheck_batch(layout, gen)
     x = x.to(dtype)
     mean = torch.randn(19, generator=gen, dtype=torch.float64) if count else torch.zeros(19, dtype=torch.float64)
     a = torch.randn(19, 19, generator=gen, dtype=torch.float64)
