@@ -41,14 +41,19 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider $(PYTEST_ARGS)
 	$(PY) -m benchmarks.report
 
-format:
+$(VENV)/.dev_tools_installed: $(VENV)/bin/python
+	$(PIP) install --quiet "ruff>=0.5" "clang-format>=17"
+	touch $@
+
+format: $(VENV)/.dev_tools_installed
 	$(PY) -m ruff format delve_fast tests benchmarks
 	$(PY) -m ruff check --fix delve_fast tests benchmarks
 	$(VENV)/bin/clang-format -i $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
-lint:
+lint: $(VENV)/.dev_tools_installed
 	$(PY) -m ruff check delve_fast tests benchmarks
 	$(PY) -m ruff format --check delve_fast tests benchmarks
+	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
 clean:
 	rm -rf build dist *.egg-info runs .pytest_cache
