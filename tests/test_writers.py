@@ -217,3 +217,23 @@ def test_composite_forwards_everything(tmp_path):
     assert w.file_for("x", 0).endswith("x_epoch0.npy")  # reaches NPYWriter's own method
     with pytest.raises(TypeError):
         CompositWriter(["csv"])
+
+
+def test_csv_save_failure_keeps_previous_rows(tmp_path, monkeypatch):
+    """A crash while rewriting the CSV leaves the last complete file, not a truncated one."""
+    writer = CSVWriter(str(tmp_path / "run"))
+    writer.add_scalar("a", 1.0)
+    writer.save()
+    before = (tmp_path / "run.csv").read_text()
+
+    def broken_to_csv(self, path, *args, **kwargs):
+        with open(path, "w") as fh:
+            fh.write("half a ro")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    writer.add_scalar("a", 2.0)
+    with pytest.raises(OSError, match="disk full"):
+        writer.save()
+    assert (tmp_path / "run.csv").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.csv"]

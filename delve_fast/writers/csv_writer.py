@@ -125,7 +125,15 @@ class CSVWriter(AbstractWriter):
         folder = os.path.dirname(self.csv_path)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        self.to_dataframe().to_csv(self.csv_path, sep=";")
+        # Write beside the file and swap it in: a crash mid-write must never
+        # leave a truncated CSV in place of the rows already saved.
+        tmp = f"{self.csv_path}.tmp-{os.getpid()}"
+        try:
+            self.to_dataframe().to_csv(tmp, sep=";")
+            os.replace(tmp, self.csv_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         self.epoch_counter += 1
 
     def close(self) -> None:
