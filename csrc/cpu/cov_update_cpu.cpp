@@ -148,7 +148,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   // pairs. A longer tile keeps the accumulator traffic small against the flops.
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
   const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
-  std::vector<P> panel(kc_big * v.cpad);
+  std::vector<P> panel(std::min(kc_big, v.k) * v.cpad);
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
     const int64_t kc = std::min(kc_big, v.k - k0);
     at::parallel_for(0, v.nblk, 1, [&](int64_t b0, int64_t b1) {
@@ -203,18 +203,28 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
   // mirror inside a few pages; a plain column walk thrashes the TLB at large C.
   constexpr int64_t kMergeTile = 64;
   const int64_t ntile = (c + kMergeTile - 1) / kMergeTile;
-  at::parallel_for(0, ntile, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t ti = t0; ti < t1; ++ti) {
+  at::parallel_for(0, ntile, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      // Row tile ti has ntile - ti column tiles of work. Interleave long and
+      // short rows so that contiguous ranges of q carry equal work.
+      const int64_t ti = (q % 2 == 0) ? q / 2 : ntile - 1 - q / 2;
       const int64_t i0 = ti * kMergeTile, i1 = std::min(c, i0 + kMergeTile);
       for (int64_t j0 = i0; j0 < c; j0 += kMergeTile) {
         const int64_t j1 = std::min(c, j0 + kMergeTile);
+        const double* __restrict dl = delta.data();
+        const double* __restrict dd = d.data();
         for (int64_t i = i0; i < i1; ++i) {
-          double* row = g + i * c;
-          const double wi = w * delta[i], ki = k * d[i];
-          for (int64_t j = std::max(i, j0); j < j1; ++j) row[j] += wi * delta[j] - ki * d[j];
+          double* __restrict row = g + i * c;
+          const double wi = w * dl[i], ki = k * dd[i];
+          for (int64_t j = std::max(i, j0); j < j1; ++j) row[j] += wi * dl[j] - ki * dd[j];
         }
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = std::max(i + 1, j0); j < j1; ++j) g[j * c + i] = g[i * c + j];
+        // Write the lower tile row by row (contiguous stores); the upper tile
+        // it reads was just updated and is still in L1.
+        for (int64_t j = j0; j < j1; ++j) {
+          double* __restrict lower = g + j * c;
+          const int64_t iend = std::min(i1, j);
+          for (int64_t i = i0; i < iend; ++i) lower[i] = g[i * c + j];
+        }
       }
     }
   });
