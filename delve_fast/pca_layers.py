@@ -328,6 +328,28 @@ def _pca_layers(network: nn.Module) -> list[LinearPCALayer]:
     return [m for m in network.modules() if isinstance(m, LinearPCALayer)]
 
 
+def _set_thresholds(
+    threshold: float, network: nn.Module, linear_prefix: str
+) -> tuple[list[LinearPCALayer], list[float], list[int], list[int], list[str]]:
+    """Set every PCA layer's threshold; return the layers and their sat, dims and names.
+
+    Names count conv and linear layers separately: ``Conv-<i>`` and
+    ``<linear_prefix>-<i>`` (delve's two helpers use different linear prefixes).
+    """
+    layers = _pca_layers(network)
+    sat, in_dims, fs_dims, names = [], [], [], []
+    counts = {"lin": 0, "conv": 0}
+    for module in layers:
+        module.threshold = threshold
+        sat.append(module.sat)
+        in_dims.append(module.in_dim)
+        fs_dims.append(module.fs_dim)
+        kind, prefix = ("conv", "Conv") if isinstance(module, Conv2DPCALayer) else ("lin", linear_prefix)
+        names.append(f"{prefix}-{counts[kind]}")
+        counts[kind] += 1
+    return layers, sat, in_dims, fs_dims, names
+
+
 def change_all_pca_layer_thresholds(
     threshold: float, network: nn.Module, verbose: bool = False
 ) -> tuple[list[float], list[int], list[int], list[str]]:
@@ -347,20 +369,9 @@ def change_all_pca_layer_thresholds(
         kept dimension, feature-space dimension and a name (``Conv-<i>`` or
         ``Lin-<i>``).
     """
-    sat, in_dims, fs_dims, names = [], [], [], []
-    counts = {"lin": 0, "conv": 0}
-    for module in _pca_layers(network):
-        module.threshold = threshold
-        sat.append(module.sat)
-        in_dims.append(module.in_dim)
-        fs_dims.append(module.fs_dim)
-        if isinstance(module, Conv2DPCALayer):
-            names.append(f"Conv-{counts['conv']}")
-            counts["conv"] += 1
-        else:
-            names.append(f"Lin-{counts['lin']}")
-            counts["lin"] += 1
-        if verbose:
+    layers, sat, in_dims, fs_dims, names = _set_thresholds(threshold, network, "Lin")
+    if verbose:
+        for module in layers:
             log.info("changed threshold of %s to %s", module.name, threshold)
     return sat, in_dims, fs_dims, names
 
@@ -392,13 +403,8 @@ def change_all_pca_layer_thresholds_and_inject_random_directions(
     tuple of lists
         ``(sat, in_dims, fs_dims)``, plus ``names`` when ``include_names``.
     """
-    sat, in_dims, fs_dims, names = [], [], [], []
-    counts = {"lin": 0, "conv": 0}
-    for module in _pca_layers(network):
-        module.threshold = threshold
-        sat.append(module.sat)
-        in_dims.append(module.in_dim)
-        fs_dims.append(module.fs_dim)
+    layers, sat, in_dims, fs_dims, names = _set_thresholds(threshold, network, "Linear")
+    for module in layers:
         basis = rvs(module.fs_dim)[:, : module.in_dim]
         projection = torch.from_numpy((basis @ basis.T).astype(np.float32)).to(device)
         module.transformation_matrix = projection
@@ -406,11 +412,6 @@ def change_all_pca_layer_thresholds_and_inject_random_directions(
         if isinstance(module, Conv2DPCALayer):
             module.convolution = module.convolution.to(device)
             module._load_convolution()
-            names.append(f"Conv-{counts['conv']}")
-            counts["conv"] += 1
-        else:
-            names.append(f"Linear-{counts['lin']}")
-            counts["lin"] += 1
         if verbose:
             log.info("changed threshold of %s to %s and injected random directions", module.name, threshold)
     if include_names:
