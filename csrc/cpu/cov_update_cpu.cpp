@@ -106,20 +106,19 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t npairs_all = v.nblk * (v.nblk + 1) / 2;
   const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
-  const int64_t kc_cache = kTile;
-  const int64_t ntiles_cache = (v.k + kc_cache - 1) / kc_cache;
+  const int64_t ntiles = (v.k + kTile - 1) / kTile;
   // Splitting the samples needs no synchronisation per tile, so it is preferred
   // whenever there are enough tiles and the private accumulators stay small.
   const bool split_samples =
-      (nthreads == 1) || (ntiles_cache >= 2 * nthreads && (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
+      (nthreads == 1) || (ntiles >= 2 * nthreads && (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (thread 0 writes straight into g).
-    const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_cache);
+    const std::vector<int32_t> pairs = block_pairs(v.nblk, kTile);
     std::vector<std::vector<double>> priv_g(nthreads - 1), priv_s(nthreads);
     at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t tile_begin = ntiles_cache * t / nthreads, tile_end = ntiles_cache * (t + 1) / nthreads;
+        const int64_t tile_begin = ntiles * t / nthreads, tile_end = ntiles * (t + 1) / nthreads;
         if (tile_begin == tile_end) continue;
         double* gt = g;
         if (t > 0) {
@@ -127,9 +126,9 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
           gt = priv_g[t - 1].data();
         }
         priv_s[t].assign(v.c, 0.0);
-        std::vector<P> panel(kc_cache * v.cpad);
+        std::vector<P> panel(kTile * v.cpad);
         for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-          const int64_t k0 = tile * kc_cache, kc = std::min(kc_cache, v.k - k0);
+          const int64_t k0 = tile * kTile, kc = std::min(kTile, v.k - k0);
           pack_panel(base, v, shift, k0, kc, panel.data(), priv_s[t].data());
           gram(panel.data(), kc, v.c, gt, v.c, pairs.data(), npairs_all);
         }
@@ -145,7 +144,8 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
     return;
   }
   // Many features: share one panel per tile and split the triangle's block
-  // pairs. A longer tile keeps the accumulator traffic small against the flops.
+  // pairs. Tiles shrink below kTile only where one panel would exceed
+  // kSharedPanelBytes.
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
   const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
   std::vector<P> panel(std::min(kc_big, v.k) * v.cpad);
