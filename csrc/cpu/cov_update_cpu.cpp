@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -31,6 +32,27 @@ constexpr int64_t kTile = 256;
 constexpr int64_t kSharedPanelBytes = 32LL << 20;
 // Cap on per-thread private Gram accumulators before switching to a shared one.
 constexpr int64_t kPrivateGramBytes = 32 * 1024 * 1024;
+
+// A zero-initialised buffer aligned to a cache line, so the micro-kernel's
+// 64-byte vector loads and the packers' stores never straddle two lines
+// (malloc only promises 16 bytes, and large blocks sit 16 bytes past a page).
+template <typename P>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(P) + 63) / 64 * 64;
+    ptr_ = static_cast<P*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(ptr_ != nullptr, "cov_update_: could not allocate a ", bytes, "-byte tile buffer");
+    std::memset(ptr_, 0, bytes);
+  }
+  ~AlignedBuffer() { std::free(ptr_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  P* data() const { return ptr_; }
+
+ private:
+  P* ptr_;
+};
 
 struct BatchView {
   int64_t n, c, s, k;  // k = n * s samples
@@ -126,7 +148,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
           gt = priv_g[t - 1].data();
         }
         priv_s[t].assign(v.c, 0.0);
-        std::vector<P> panel(kTile * v.cpad);
+        AlignedBuffer<P> panel(kTile * v.cpad);
         for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
           const int64_t k0 = tile * kTile, kc = std::min(kTile, v.k - k0);
           pack_panel(base, v, shift, k0, kc, panel.data(), priv_s[t].data());
@@ -148,7 +170,7 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   // kSharedPanelBytes.
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
   const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
-  std::vector<P> panel(std::min(kc_big, v.k) * v.cpad);
+  AlignedBuffer<P> panel(std::min(kc_big, v.k) * v.cpad);
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
     const int64_t kc = std::min(kc_big, v.k - k0);
     at::parallel_for(0, v.nblk, 1, [&](int64_t b0, int64_t b1) {

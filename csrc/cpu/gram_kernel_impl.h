@@ -74,7 +74,7 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t c, double* g, int64_
                         int64_t npairs) {
   constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
   const int64_t stride_blk = kc * kBlock;
-  P tile[kRows * kCols];
+  alignas(64) P tile[kRows * kCols];
   for (int64_t p = 0; p < npairs; ++p) {
     const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
     const P* a_blk = panel + bi * stride_blk;
