@@ -182,22 +182,28 @@ def test_largest_shape(compiled):
     compare_all([x], "cpu", compiled.cov_update_)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(
     "shape",
-    [(20000, 33, 1), (8, 200, 400), (50, 17, 300)],
-    ids=["many-samples", "many-features", "nchw"],
+    [(20000, 33, 1), (8, 200, 400), (50, 17, 300), (4, 300, 250), (3, 517, 97)],
+    ids=["many-samples", "many-features", "nchw", "few-tiles-shared", "few-tiles-odd-c"],
 )
 def test_thread_counts(compiled, shape, threads):
-    """Both work splits of the CPU kernel (per-thread accumulators / shared panel) at other thread counts."""
+    """Both work splits of the CPU kernel (per-thread accumulators / shared panel) at other thread counts.
+
+    Two updates each, so that the second one merges into a non-empty state: with
+    few tiles per thread the shared-panel split finishes that merge (and the
+    mirror) inside the last tile's Gram instead of in a separate pass.
+    """
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = make_batch(*shape, seed=11)
-        mean, m2, count = run_updates(compiled.cov_update_, [x])
+        batches = [make_batch(*shape, seed=11), make_batch(*shape, seed=12) + 3.0]
+        mean, m2, count = run_updates(compiled.cov_update_, batches)
     finally:
         torch.set_num_threads(old)
-    check_vs_numpy(mean, m2, count, [x])
+    check_vs_numpy(mean, m2, count, batches)
+    torch.testing.assert_close(m2, m2.T, rtol=0, atol=0)
 
 
 def test_empty_batch_is_a_no_op(impl):

@@ -28,14 +28,23 @@ constexpr int64_t kShiftSamples = 256;
 // per tile is small next to its flops. In mixed precision this is also the
 // longest run a float32 sum covers before reaching float64 (docs/precision.md).
 constexpr int64_t kTile = 256;
+// Several tiles are packed in one pass when they fit in this many bytes (well
+// inside L2): the packer then reads longer runs of each feature, which the
+// hardware prefetcher streams better.
+constexpr int64_t kPackedBytes = 512 << 10;
+constexpr int64_t kMaxPackTiles = 4;
 // Shared panels are capped so huge feature counts still tile in bounded memory.
 constexpr int64_t kSharedPanelBytes = 32LL << 20;
+// Fewest tiles per thread for which splitting the samples between threads
+// beats sharing each tile's panel (measured at C = 512, K = 1024 and 4096).
+constexpr int64_t kMinTilesPerThread = 3;
 // Cap on per-thread private Gram accumulators before switching to a shared one.
 constexpr int64_t kPrivateGramBytes = 32 * 1024 * 1024;
 
-// A zero-initialised buffer aligned to a cache line, so the micro-kernel's
-// 64-byte vector loads and the packers' stores never straddle two lines
-// (malloc only promises 16 bytes, and large blocks sit 16 bytes past a page).
+// A buffer aligned to a cache line, so the micro-kernel's 64-byte vector
+// loads and the packers' stores never straddle two lines (malloc only promises
+// 16 bytes, and large blocks sit 16 bytes past a page). Left uninitialised:
+// the packers write every element of a panel, padding included.
 template <typename P>
 class AlignedBuffer {
  public:
@@ -43,7 +52,6 @@ class AlignedBuffer {
     const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(P) + 63) / 64 * 64;
     ptr_ = static_cast<P*>(std::aligned_alloc(64, bytes));
     TORCH_CHECK(ptr_ != nullptr, "cov_update_: could not allocate a ", bytes, "-byte tile buffer");
-    std::memset(ptr_, 0, bytes);
   }
   ~AlignedBuffer() { std::free(ptr_); }
   AlignedBuffer(const AlignedBuffer&) = delete;
@@ -103,6 +111,88 @@ void initial_shift(const scalar_t* base, const BatchView& v, double* shift) {
   for (int64_t ch = 0; ch < v.c; ++ch) shift[ch] /= static_cast<double>(m);
 }
 
+// Spans of a prefetch list are cut at this size, so a list can be shared out
+// between threads.
+constexpr int64_t kSpanBytes = 16 << 10;
+// Tiles whose features are scattered in memory would need a span per value;
+// past this many values they are not prefetched.
+constexpr int64_t kMaxScatteredValues = 1 << 16;
+
+// Appends [p, p + nbytes), widened to whole cache lines, to spans, extending
+// the last span when the two touch.
+inline void add_span(std::vector<Span>& spans, const void* p, int64_t nbytes) {
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63};
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(nbytes);
+  const char* begin = reinterpret_cast<const char*>(lo);
+  const char* end = reinterpret_cast<const char*>(hi);
+  if (!spans.empty() && begin >= spans.back().begin && begin <= spans.back().end &&
+      end - spans.back().begin <= kSpanBytes) {
+    spans.back().end = std::max(spans.back().end, end);
+    return;
+  }
+  while (end - begin > kSpanBytes) {
+    spans.push_back({begin, begin + kSpanBytes});
+    begin += kSpanBytes;
+  }
+  spans.push_back({begin, end});
+}
+
+// The memory the packer reads for samples [k0, k0 + kc), as spans in reading order.
+template <typename scalar_t>
+void tile_spans(const scalar_t* base, const BatchView& v, int64_t k0, int64_t kc, std::vector<Span>& spans) {
+  spans.clear();
+  constexpr int64_t es = sizeof(scalar_t);
+  int64_t n = k0 / v.s, s = k0 - n * v.s, left = kc;
+  if (v.sc == 1) {
+    // A sample's features are contiguous (channels_last, Linear, tokens).
+    const bool back_to_back = v.s == 1 || v.ss == v.c;
+    while (left > 0) {
+      const int64_t len = std::min(left, v.s - s);
+      if (back_to_back) {
+        add_span(spans, base + n * v.sn + s * v.ss, len * v.c * es);
+      } else {
+        for (int64_t i = 0; i < len; ++i) add_span(spans, base + n * v.sn + (s + i) * v.ss, v.c * es);
+      }
+      left -= len;
+      s = 0;
+      ++n;
+    }
+    return;
+  }
+  if (v.ss == 1) {
+    // Each feature's samples are runs within an image (NCHW).
+    while (left > 0) {
+      const int64_t len = std::min(left, v.s - s);
+      for (int64_t ch = 0; ch < v.c; ++ch) add_span(spans, base + n * v.sn + ch * v.sc + s, len * es);
+      left -= len;
+      s = 0;
+      ++n;
+    }
+    return;
+  }
+  if (kc * v.c > kMaxScatteredValues) return;
+  for (; left > 0; --left) {
+    const scalar_t* row = base + n * v.sn + s * v.ss;
+    for (int64_t ch = 0; ch < v.c; ++ch) add_span(spans, row + ch * v.sc, es);
+    if (++s == v.s) {
+      s = 0;
+      ++n;
+    }
+  }
+}
+
+// A cursor at the first line of spans[0..n).
+PrefetchCursor make_prefetch_cursor(const Span* spans, int64_t n) {
+  PrefetchCursor cur;
+  if (n > 0) {
+    cur.next = spans + 1;
+    cur.last = spans + n;
+    cur.line = spans[0].begin;
+    cur.end = spans[0].end;
+  }
+  return cur;
+}
+
 // Upper-triangle block pairs (bi <= bj), grouped by chunks of column blocks
 // small enough to stay in L2 while every row block passes over them.
 std::vector<int32_t> block_pairs(int64_t nblk, int64_t kc) {
@@ -120,23 +210,60 @@ std::vector<int32_t> block_pairs(int64_t nblk, int64_t kc) {
   return pairs;
 }
 
+// The terms that fold a batch into the running state (Chan, Golub & LeVeque).
+// g holds m2_old + sum (x - shift)(x - shift)^T. With d the batch mean minus
+// the shift, the batch's centred Gram is that sum minus k d d^T; merging adds
+// w delta delta^T with delta = batch mean - old mean and w = count k / total.
+struct Merge {
+  std::vector<double> d, delta;
+  double w = 0.0, k = 0.0;
+
+  void prepare(const double* sums, const double* shift, const double* mu, int64_t c, int64_t count, int64_t samples) {
+    k = static_cast<double>(samples);
+    w = static_cast<double>(count) * k / (static_cast<double>(count) + k);
+    d.resize(c);
+    delta.resize(c);
+    for (int64_t i = 0; i < c; ++i) {
+      d[i] = sums[i] / k;
+      delta[i] = (shift[i] + d[i]) - mu[i];
+    }
+  }
+  GramEpilogue epilogue() const { return {delta.data(), d.data(), w, k}; }
+};
+
+// How far accumulate_shifted got.
+struct Accumulated {
+  // The Gram's epilogue already merged the batch and mirrored g.
+  bool merged = false;
+  // Per-thread Gram sums (upper triangle, ld = c) still to be added to g.
+  std::vector<std::vector<double>> partials;
+};
+
 // Adds the shifted Gram of every sample into g (upper triangle, ld = c) and the
-// shifted sums into sums.
+// shifted sums into sums. Where the last tile is shared between threads, the
+// merge is also done there (merge is prepared from the old mean mu and count).
 template <typename scalar_t, typename P>
-void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* shift, double* g, double* sums) {
+Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const double* shift, const double* mu,
+                               int64_t count, double* g, double* sums, Merge& merge) {
   const GramFn<P> gram = select_gram_kernel<P>();
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t npairs_all = v.nblk * (v.nblk + 1) / 2;
   const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
   const int64_t ntiles = (v.k + kTile - 1) / kTile;
   // Splitting the samples needs no synchronisation per tile, so it is preferred
-  // whenever there are enough tiles and the private accumulators stay small.
+  // whenever each thread gets enough tiles and the private accumulators stay
+  // small. With only a tile or two each, the private accumulators and the
+  // unprefetched first tile of every thread cost more than sharing the panel.
   const bool split_samples =
-      (nthreads == 1) || (ntiles >= 2 * nthreads && (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
+      (nthreads == 1) || (ntiles >= kMinTilesPerThread * nthreads && (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (thread 0 writes straight into g).
     const std::vector<int32_t> pairs = block_pairs(v.nblk, kTile);
+    // Pack several tiles at once when they fit in L2: the packer then reads
+    // longer runs of each feature, which the hardware prefetcher streams well.
+    const int64_t pack_tiles =
+        std::clamp<int64_t>(kPackedBytes / (kTile * v.cpad * static_cast<int64_t>(sizeof(P))), 1, kMaxPackTiles);
     std::vector<std::vector<double>> priv_g(nthreads - 1), priv_s(nthreads);
     at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -148,22 +275,33 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
           gt = priv_g[t - 1].data();
         }
         priv_s[t].assign(v.c, 0.0);
-        AlignedBuffer<P> panel(kTile * v.cpad);
-        for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-          const int64_t k0 = tile * kTile, kc = std::min(kTile, v.k - k0);
-          pack_panel(base, v, shift, k0, kc, panel.data(), priv_s[t].data());
-          gram(panel.data(), kc, v.c, gt, v.c, pairs.data(), npairs_all);
+        AlignedBuffer<P> panel(pack_tiles * kTile * v.cpad);
+        std::vector<Span> next_spans;
+        for (int64_t tile = tile_begin; tile < tile_end; tile += pack_tiles) {
+          const int64_t k0 = tile * kTile;
+          const int64_t kp = std::min(std::min(tile_end - tile, pack_tiles) * kTile, v.k - k0);
+          pack_panel(base, v, shift, k0, kp, panel.data(), priv_s[t].data());
+          const int64_t next = tile + pack_tiles;
+          next_spans.clear();
+          if (next < tile_end) {
+            const int64_t next_k0 = next * kTile;
+            tile_spans(base, v, next_k0, std::min(std::min(tile_end - next, pack_tiles) * kTile, v.k - next_k0),
+                       next_spans);
+          }
+          PrefetchCursor cursor = make_prefetch_cursor(next_spans.data(), static_cast<int64_t>(next_spans.size()));
+          for (int64_t kk = 0; kk < kp; kk += kTile)
+            gram(panel.data() + kk * kBlock, std::min(kTile, kp - kk), kp, v.c, gt, v.c, pairs.data(), npairs_all,
+                 &cursor, nullptr);
         }
       }
     });
-    for (auto& pg : priv_g)
-      if (!pg.empty())
-        for (int64_t i = 0; i < v.c; ++i)
-          for (int64_t j = i; j < v.c; ++j) g[i * v.c + j] += pg[i * v.c + j];
     for (auto& ps : priv_s)
       if (!ps.empty())
         for (int64_t ch = 0; ch < v.c; ++ch) sums[ch] += ps[ch];
-    return;
+    Accumulated out;
+    for (auto& pg : priv_g)
+      if (!pg.empty()) out.partials.push_back(std::move(pg));
+    return out;
   }
   // Many features: share one panel per tile and split the triangle's block
   // pairs. Tiles shrink below kTile only where one panel would exceed
@@ -171,15 +309,71 @@ void accumulate_shifted(const scalar_t* base, const BatchView& v, const double* 
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
   const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
   AlignedBuffer<P> panel(std::min(kc_big, v.k) * v.cpad);
+  std::vector<Span> next_spans;
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
     const int64_t kc = std::min(kc_big, v.k - k0);
     at::parallel_for(0, v.nblk, 1, [&](int64_t b0, int64_t b1) {
       pack_panel_blocks(base, v, shift, k0, kc, panel.data(), sums, b0, b1);
     });
+    next_spans.clear();
+    if (k0 + kc < v.k) tile_spans(base, v, k0 + kc, std::min(kc_big, v.k - k0 - kc), next_spans);
+    const int64_t nspans = static_cast<int64_t>(next_spans.size());
+    // Every sum is known once the last tile is packed: its Gram can finish the merge.
+    const bool last = k0 + kc == v.k;
+    if (last) merge.prepare(sums, shift, mu, v.c, count, v.k);
+    const GramEpilogue epilogue = merge.epilogue();
     at::parallel_for(0, npairs_all, 1, [&](int64_t p0, int64_t p1) {
-      gram(panel.data(), kc, v.c, g, v.c, pairs.data() + 2 * p0, p1 - p0);
+      // Each thread prefetches the share of the next tile that matches its share of the pairs.
+      const int64_t s0 = nspans * p0 / npairs_all, s1 = nspans * p1 / npairs_all;
+      PrefetchCursor cursor = make_prefetch_cursor(next_spans.data() + s0, s1 - s0);
+      gram(panel.data(), kc, kc, v.c, g, v.c, pairs.data() + 2 * p0, p1 - p0, &cursor, last ? &epilogue : nullptr);
     });
   }
+  Accumulated out;
+  out.merged = true;
+  return out;
+}
+
+// Adds the per-thread partial Gram sums and the merge terms to the upper
+// triangle of g, then mirrors it into the lower triangle.
+void merge_and_mirror(double* g, int64_t c, const Merge& merge, const std::vector<std::vector<double>>& partials) {
+  std::vector<const double*> parts;
+  for (const auto& p : partials) parts.push_back(p.data());
+  // Tiles of 64 x 64 keep both the row reads and the transposed writes of the
+  // mirror inside a few pages; a plain column walk thrashes the TLB at large C.
+  constexpr int64_t kMergeTile = 64;
+  const int64_t ntile = (c + kMergeTile - 1) / kMergeTile;
+  const double w = merge.w, k = merge.k;
+  at::parallel_for(0, ntile, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      // Row tile ti has ntile - ti column tiles of work. Interleave long and
+      // short rows so that contiguous ranges of q carry equal work.
+      const int64_t ti = (q % 2 == 0) ? q / 2 : ntile - 1 - q / 2;
+      const int64_t i0 = ti * kMergeTile, i1 = std::min(c, i0 + kMergeTile);
+      for (int64_t j0 = i0; j0 < c; j0 += kMergeTile) {
+        const int64_t j1 = std::min(c, j0 + kMergeTile);
+        const double* __restrict dl = merge.delta.data();
+        const double* __restrict dd = merge.d.data();
+        for (int64_t i = i0; i < i1; ++i) {
+          double* __restrict row = g + i * c;
+          const double wi = w * dl[i], ki = k * dd[i];
+          const int64_t jb = std::max(i, j0);
+          for (const double* part : parts) {
+            const double* __restrict prow = part + i * c;
+            for (int64_t j = jb; j < j1; ++j) row[j] += prow[j];
+          }
+          for (int64_t j = jb; j < j1; ++j) row[j] += wi * dl[j] - ki * dd[j];
+        }
+        // Write the lower tile row by row (contiguous stores); the upper tile
+        // it reads was just updated and is still in L1.
+        for (int64_t j = j0; j < j1; ++j) {
+          double* __restrict lower = g + j * c;
+          const int64_t iend = std::min(i1, j);
+          for (int64_t i = i0; i < iend; ++i) lower[i] = g[i * c + j];
+        }
+      }
+    }
+  });
 }
 
 void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count, bool mixed) {
@@ -194,6 +388,8 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
   // Shift by the running mean once there is one: the batch is then already
   // close to centred and no digits are lost to a large common offset.
   std::vector<double> shift(c), sums(c, 0.0);
+  Merge merge;
+  Accumulated acc;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cov_update_cpu", [&] {
     const scalar_t* base = x.const_data_ptr<scalar_t>();
     if (count > 0) {
@@ -204,53 +400,17 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
     // mixed: each tile's product in float32 on the shifted (nearly centred)
     // data, every tile's sum accumulated in float64.
     if (mixed) {
-      accumulate_shifted<scalar_t, float>(base, v, shift.data(), g, sums.data());
+      acc = accumulate_shifted<scalar_t, float>(base, v, shift.data(), mu, count, g, sums.data(), merge);
     } else {
-      accumulate_shifted<scalar_t, double>(base, v, shift.data(), g, sums.data());
+      acc = accumulate_shifted<scalar_t, double>(base, v, shift.data(), mu, count, g, sums.data(), merge);
     }
   });
-
-  // g now holds m2_old (upper) + sum (x - shift)(x - shift)^T. With d the mean
-  // shifted offset of the batch, the batch's centred Gram is G - k d d^T; the
-  // merge adds w * delta delta^T with delta = batch mean - old mean.
-  const double k = static_cast<double>(v.k);
-  const double total = static_cast<double>(count) + k;
-  const double w = static_cast<double>(count) * k / total;
-  std::vector<double> d(c), delta(c);
-  for (int64_t i = 0; i < c; ++i) {
-    d[i] = sums[i] / k;
-    delta[i] = (shift[i] + d[i]) - mu[i];
+  if (!acc.merged) {
+    merge.prepare(sums.data(), shift.data(), mu, c, count, v.k);
+    merge_and_mirror(g, c, merge, acc.partials);
   }
-  // Tiles of 64 x 64 keep both the row reads and the transposed writes of the
-  // mirror inside a few pages; a plain column walk thrashes the TLB at large C.
-  constexpr int64_t kMergeTile = 64;
-  const int64_t ntile = (c + kMergeTile - 1) / kMergeTile;
-  at::parallel_for(0, ntile, 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      // Row tile ti has ntile - ti column tiles of work. Interleave long and
-      // short rows so that contiguous ranges of q carry equal work.
-      const int64_t ti = (q % 2 == 0) ? q / 2 : ntile - 1 - q / 2;
-      const int64_t i0 = ti * kMergeTile, i1 = std::min(c, i0 + kMergeTile);
-      for (int64_t j0 = i0; j0 < c; j0 += kMergeTile) {
-        const int64_t j1 = std::min(c, j0 + kMergeTile);
-        const double* __restrict dl = delta.data();
-        const double* __restrict dd = d.data();
-        for (int64_t i = i0; i < i1; ++i) {
-          double* __restrict row = g + i * c;
-          const double wi = w * dl[i], ki = k * dd[i];
-          for (int64_t j = std::max(i, j0); j < j1; ++j) row[j] += wi * dl[j] - ki * dd[j];
-        }
-        // Write the lower tile row by row (contiguous stores); the upper tile
-        // it reads was just updated and is still in L1.
-        for (int64_t j = j0; j < j1; ++j) {
-          double* __restrict lower = g + j * c;
-          const int64_t iend = std::min(i1, j);
-          for (int64_t i = i0; i < iend; ++i) lower[i] = g[i * c + j];
-        }
-      }
-    }
-  });
-  for (int64_t i = 0; i < c; ++i) mu[i] += delta[i] * (k / total);
+  const double share = merge.k / (static_cast<double>(count) + merge.k);
+  for (int64_t i = 0; i < c; ++i) mu[i] += merge.delta[i] * share;
 }
 
 }  // namespace

@@ -13,14 +13,47 @@ namespace delve_fast {
 
 constexpr int64_t kBlock = 16;  // features per panel block (rows and columns of one block pair)
 
-// Adds panel^T * panel into g (row-major, leading dimension ldg, c x c valid
+// A byte range of the batch that the packer will read.
+struct Span {
+  const char* begin;
+  const char* end;
+};
+
+// Position in a list of spans whose cache lines are prefetched into L2 while
+// the Gram runs, so that the next tile's reads from memory overlap this tile's
+// flops instead of stalling the packer. Plain data: the stepping code lives in
+// each ISA's translation unit (shared inline members would be an ODR hazard
+// across the -m flags).
+struct PrefetchCursor {
+  const Span* next = nullptr;  // spans not started yet
+  const Span* last = nullptr;  // one past the final span
+  const char* line = nullptr;  // next line to prefetch; nullptr once done
+  const char* end = nullptr;   // end of the current span
+};
+
+// Folds a finished batch into the running state as the last tile's Gram is
+// written: entry (i, j), i <= j, becomes
+//   g_ij + tile_ij + w * delta_i * delta_j - k * d_i * d_j
+// and is mirrored to (j, i). Doing it here, on the thread that owns the
+// block, saves a pass over the whole matrix that would pull every line across cores.
+struct GramEpilogue {
+  const double* delta;  // batch mean - old mean
+  const double* d;      // batch mean - shift
+  double w;             // count * k / (count + k)
+  double k;             // samples in the batch
+};
+
+// Adds panel^T * panel over kc samples into g (row-major, leading dimension ldg, c x c valid
 // entries) for the block pairs pairs[0..npairs): pair p covers rows of block
 // pairs[2p] and columns of block pairs[2p + 1] (>= the row block). Only the
 // upper triangle of g (and the lower half of diagonal blocks) is touched;
-// callers mirror afterwards.
+// callers mirror afterwards. Blocks of the panel are ldp samples apart
+// (ldp >= kc), so a run of samples inside a longer panel can be passed.
+// Lines of prefetch (may be null) are prefetched every few samples. With an
+// epilogue (may be null), the touched entries are finished and mirrored.
 template <typename P>
-using GramFn = void (*)(const P* panel, int64_t kc, int64_t c, double* g, int64_t ldg, const int32_t* pairs,
-                        int64_t npairs);
+using GramFn = void (*)(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg,
+                        const int32_t* pairs, int64_t npairs, PrefetchCursor* prefetch, const GramEpilogue* epilogue);
 
 // Packs samples [k0, k0 + kc) of a batch whose features are stored as runs of
 // contiguous samples (NCHW: x[n, c, s] at base[n * sn + c * sc + s], s < s_len)
@@ -40,7 +73,8 @@ using PackRowsFn = void (*)(const T* base, int64_t sn, int64_t ss, int64_t sc, i
 
 #define DELVE_FAST_DECLARE_ISA(isa)                                                                                 \
   template <typename P>                                                                                             \
-  void gram_pairs_##isa(const P*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);                     \
+  void gram_pairs_##isa(const P*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t,             \
+                        PrefetchCursor*, const GramEpilogue*);                                                      \
   template <typename T, typename P>                                                                                 \
   void pack_runs_##isa(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, P*, double*); \
   template <typename T, typename P>                                                                                 \

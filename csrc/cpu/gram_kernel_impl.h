@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
-#include <vector>
 
 #include "cpu/gram_kernel.h"
 
@@ -41,11 +40,31 @@ inline typename Vec<P>::type load_vec(const P* p) {
   return v;
 }
 
+// Samples between two prefetches: one line per few samples keeps the misses
+// trickling out instead of filling every line-fill buffer at once.
+constexpr int64_t kSamplesPerPrefetch = 4;
+
+// Prefetches the cursor's next line into L2 and moves past it.
+inline void prefetch_step(PrefetchCursor& cur) {
+  __builtin_prefetch(cur.line, 0, 2);
+  cur.line += 64;
+  if (cur.line >= cur.end) {
+    if (cur.next < cur.last) {
+      cur.line = cur.next->begin;
+      cur.end = cur.next->end;
+      ++cur.next;
+    } else {
+      cur.line = nullptr;
+    }
+  }
+}
+
 // out (column-major kRows x kCols) = a^T b over kc samples, where a and b point
 // into panel blocks (stride kBlock per sample). acc[j][r] holds rows
-// [r * lanes, (r + 1) * lanes) of column j.
-template <typename P, int kTileRows = Vec<P>::kRows>
-inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P* __restrict out) {
+// [r * lanes, (r + 1) * lanes) of column j. With kPrefetch, pf is stepped every
+// kSamplesPerPrefetch samples until it runs out.
+template <typename P, int kTileRows, bool kPrefetch>
+inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P* __restrict out, PrefetchCursor* pf) {
   using V = Vec<P>;
   using vec = typename V::type;
   constexpr int kRowVecs = kTileRows / V::kLanes;
@@ -54,7 +73,7 @@ inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P
   vec acc[V::kCols][kRowVecs];
   for (int j = 0; j < V::kCols; ++j)
     for (int r = 0; r < kRowVecs; ++r) acc[j][r] = vec{} * P(0);
-  for (int64_t k = 0; k < kc; ++k) {
+  auto sample = [&](int64_t k) __attribute__((always_inline)) {
     vec av[kRowVecs];
     for (int r = 0; r < kRowVecs; ++r) av[r] = load_vec(a + k * kBlock + r * V::kLanes);
     const P* bk = b + k * kBlock;
@@ -62,7 +81,15 @@ inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P
       const P bj = bk[j];
       for (int r = 0; r < kRowVecs; ++r) acc[j][r] += av[r] * bj;
     }
+  };
+  int64_t k = 0;
+  if constexpr (kPrefetch) {
+    for (; k + kSamplesPerPrefetch <= kc; k += kSamplesPerPrefetch) {
+      for (int64_t u = 0; u < kSamplesPerPrefetch; ++u) sample(k + u);
+      if (pf->line != nullptr) prefetch_step(*pf);
+    }
   }
+  for (; k < kc; ++k) sample(k);
   for (int j = 0; j < V::kCols; ++j)
     for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * kTileRows + r * V::kLanes, &acc[j][r], sizeof(vec));
 }
@@ -70,10 +97,10 @@ inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P
 }  // namespace
 
 template <typename P>
-void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t c, double* g, int64_t ldg, const int32_t* pairs,
-                        int64_t npairs) {
+void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg,
+                        const int32_t* pairs, int64_t npairs, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
   constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
-  const int64_t stride_blk = kc * kBlock;
+  const int64_t stride_blk = ldp * kBlock;
   alignas(64) P tile[kRows * kCols];
   for (int64_t p = 0; p < npairs; ++p) {
     const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
@@ -92,28 +119,52 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t c, double* g, int64_
         if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
           if (bi == bj && row0 + kHalfRows >= col0 + kCols) rows = kHalfRows;
         }
+        const bool pf = prefetch != nullptr && prefetch->line != nullptr;
+        const P* a_sub = a_blk + r0;
         if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
           if (rows == kHalfRows) {
-            sub_tile<P, kHalfRows>(a_blk + r0, b_sub, kc, tile);
+            pf ? sub_tile<P, kHalfRows, true>(a_sub, b_sub, kc, tile, prefetch)
+               : sub_tile<P, kHalfRows, false>(a_sub, b_sub, kc, tile, prefetch);
           } else {
-            sub_tile<P>(a_blk + r0, b_sub, kc, tile);
+            pf ? sub_tile<P, kRows, true>(a_sub, b_sub, kc, tile, prefetch)
+               : sub_tile<P, kRows, false>(a_sub, b_sub, kc, tile, prefetch);
           }
         } else {
-          sub_tile<P>(a_blk + r0, b_sub, kc, tile);
+          pf ? sub_tile<P, kRows, true>(a_sub, b_sub, kc, tile, prefetch)
+             : sub_tile<P, kRows, false>(a_sub, b_sub, kc, tile, prefetch);
         }
         const int64_t nr = std::min<int64_t>(rows, c - row0);
         // A float tile is widened here: each tile's sum goes into the float64 state.
-        for (int64_t i = 0; i < nr; ++i) {
-          double* grow = g + (row0 + i) * ldg + col0;
-          for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * rows + i]);
+        if (epilogue == nullptr) {
+          for (int64_t i = 0; i < nr; ++i) {
+            double* grow = g + (row0 + i) * ldg + col0;
+            for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * rows + i]);
+          }
+        } else {
+          const double* __restrict dl = epilogue->delta;
+          const double* __restrict dd = epilogue->d;
+          for (int64_t i = 0; i < nr; ++i) {
+            const int64_t gi = row0 + i;
+            double* grow = g + gi * ldg + col0;
+            const double wi = epilogue->w * dl[gi], ki = epilogue->k * dd[gi];
+            // Entries below the diagonal of a diagonal block are left to the mirror.
+            for (int64_t j = std::max<int64_t>(0, gi - col0); j < nc; ++j) {
+              const int64_t gj = col0 + j;
+              const double val = grow[j] + static_cast<double>(tile[j * rows + i]) + (wi * dl[gj] - ki * dd[gj]);
+              grow[j] = val;
+              g[gj * ldg + gi] = val;
+            }
+          }
         }
       }
     }
   }
 }
 
-template void DELVE_FAST_GRAM_FN<double>(const double*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);
-template void DELVE_FAST_GRAM_FN<float>(const float*, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t);
+template void DELVE_FAST_GRAM_FN<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*,
+                                         int64_t, PrefetchCursor*, const GramEpilogue*);
+template void DELVE_FAST_GRAM_FN<float>(const float*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*,
+                                        int64_t, PrefetchCursor*, const GramEpilogue*);
 
 namespace {
 
@@ -242,40 +293,52 @@ void DELVE_FAST_PACK_ROWS_FN(const T* base, int64_t sn, int64_t ss, int64_t sc, 
   const int64_t stride_blk = kc * kBlock;
   const int64_t nblk = (c + kBlock - 1) / kBlock;
   const int64_t full = (sc == 1) ? c / kBlock : 0;  // blocks loaded as two vectors
-  // Per-feature sums of this tile, in float64. std::vector of a vector type
-  // would instantiate the same std:: symbols under different ISA flags in each
-  // gram_kernel_<isa>.cpp, so plain doubles are kept and loaded as vectors.
-  std::vector<double> acc(full * kBlock, 0.0);
-  int64_t n = k0 / s_len, s = k0 - (k0 / s_len) * s_len;
-  for (int64_t k = 0; k < kc; ++k) {
-    const T* row = base + n * sn + s * ss;
-    for (int64_t b = 0; b < full; ++b) {
-      P* dst = panel + b * stride_blk + k * kBlock;
-      double* a = acc.data() + b * kBlock;
-      const dvec lo = load8_as_double(row + b * kBlock) - load_vec(shift + b * kBlock);
-      const dvec hi = load8_as_double(row + b * kBlock + 8) - load_vec(shift + b * kBlock + 8);
-      store8(a, load_vec(a) + lo);
-      store8(a + 8, load_vec(a + 8) + hi);
-      store8(dst, lo);
-      store8(dst + 8, hi);
+  const int64_t n0 = k0 / s_len, s0 = k0 - n0 * s_len;
+  // One block at a time over all samples: its running sums stay in registers,
+  // and the block's rows are read as a steady strided stream.
+  for (int64_t b = 0; b < full; ++b) {
+    P* dst = panel + b * stride_blk;
+    const T* src = base + b * kBlock;
+    const dvec sh_lo = load_vec(shift + b * kBlock), sh_hi = load_vec(shift + b * kBlock + 8);
+    dvec acc_lo = sh_lo * 0.0, acc_hi = sh_lo * 0.0;
+    int64_t n = n0, s = s0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* row = src + n * sn + s * ss;
+      const dvec lo = load8_as_double(row) - sh_lo;
+      const dvec hi = load8_as_double(row + 8) - sh_hi;
+      acc_lo += lo;
+      acc_hi += hi;
+      store8(dst + k * kBlock, lo);
+      store8(dst + k * kBlock + 8, hi);
+      if (++s == s_len) {
+        s = 0;
+        ++n;
+      }
     }
-    // Strided features, or the partial last block: one value at a time.
-    for (int64_t b = full; b < nblk; ++b) {
+    for (int i = 0; i < 8; ++i) {
+      sums[b * kBlock + i] += acc_lo[i];
+      sums[b * kBlock + 8 + i] += acc_hi[i];
+    }
+  }
+  // Strided features, or the partial last block: one value at a time.
+  for (int64_t b = full; b < nblk; ++b) {
+    const int64_t ch0 = b * kBlock, nvalid = std::min<int64_t>(kBlock, c - ch0);
+    int64_t n = n0, s = s0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* row = base + n * sn + s * ss;
       P* dst = panel + b * stride_blk + k * kBlock;
-      const int64_t ch0 = b * kBlock, nvalid = std::min<int64_t>(kBlock, c - ch0);
       for (int64_t t = 0; t < nvalid; ++t) {
         const double val = static_cast<double>(row[(ch0 + t) * sc]) - shift[ch0 + t];
         dst[t] = static_cast<P>(val);
         sums[ch0 + t] += val;
       }
       for (int64_t t = nvalid; t < kBlock; ++t) dst[t] = P(0);
-    }
-    if (++s == s_len) {
-      s = 0;
-      ++n;
+      if (++s == s_len) {
+        s = 0;
+        ++n;
+      }
     }
   }
-  for (int64_t i = 0; i < full * kBlock; ++i) sums[i] += acc[i];
 }
 
 #define DELVE_FAST_INSTANTIATE_PACK(T, P)                                                                              \
