@@ -7,6 +7,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 
@@ -59,6 +60,18 @@ inline void prefetch_step(PrefetchCursor& cur) {
   }
 }
 
+// Gram accumulators up to this size are assumed to stay in L2 between tiles.
+constexpr int64_t kCachedGramBytes = 256 << 10;
+
+// Prefetches the lines holding p[0..n) into L2.
+inline void prefetch_span(const double* p, int64_t n) {
+  const char* first = reinterpret_cast<const char*>(p);
+  const char* last = reinterpret_cast<const char*>(p + n - 1);
+  for (const char* q = first; q <= last; q += 64) __builtin_prefetch(q, 1, 2);
+  if ((reinterpret_cast<uintptr_t>(first) & 63) > (reinterpret_cast<uintptr_t>(last) & 63))
+    __builtin_prefetch(last, 1, 2);
+}
+
 // out (column-major kRows x kCols) = a^T b over kc samples, where a and b point
 // into panel blocks (stride kBlock per sample). acc[j][r] holds rows
 // [r * lanes, (r + 1) * lanes) of column j. With kPrefetch, pf is stepped every
@@ -102,6 +115,8 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
   constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
   const int64_t stride_blk = ldp * kBlock;
   alignas(64) P tile[kRows * kCols];
+  // Small accumulators stay in cache between tiles; prefetching them only costs issue slots.
+  const bool g_cold = c * c * static_cast<int64_t>(sizeof(double)) > kCachedGramBytes;
   for (int64_t p = 0; p < npairs; ++p) {
     const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
     const P* a_blk = panel + bi * stride_blk;
@@ -119,6 +134,15 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
         if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
           if (bi == bj && row0 + kHalfRows >= col0 + kCols) rows = kHalfRows;
         }
+        // Ask for the accumulator lines this sub-tile will update (and, when
+        // finishing, the rows of its mirror) now: after a cold start they
+        // come from memory, which the next few thousand FMAs can hide.
+        const int64_t nr = std::min<int64_t>(rows, c - row0);
+        if (g_cold) {
+          for (int64_t i = 0; i < nr; ++i) prefetch_span(g + (row0 + i) * ldg + col0, nc);
+          if (epilogue != nullptr)
+            for (int64_t j = 0; j < nc; ++j) prefetch_span(g + (col0 + j) * ldg + row0, nr);
+        }
         const bool pf = prefetch != nullptr && prefetch->line != nullptr;
         const P* a_sub = a_blk + r0;
         if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
@@ -133,7 +157,6 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
           pf ? sub_tile<P, kRows, true>(a_sub, b_sub, kc, tile, prefetch)
              : sub_tile<P, kRows, false>(a_sub, b_sub, kc, tile, prefetch);
         }
-        const int64_t nr = std::min<int64_t>(rows, c - row0);
         // A float tile is widened here: each tile's sum goes into the float64 state.
         if (epilogue == nullptr) {
           for (int64_t i = 0; i < nr; ++i) {
