@@ -6,6 +6,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -200,9 +204,19 @@ inline dvec load8_as_double(const T* p) {
   if constexpr (std::is_same_v<T, double>) {
     return load_vec(p);
   } else if constexpr (std::is_same_v<T, float>) {
+#ifdef __AVX512F__
+    // GCC lowers __builtin_convertvector to two 4-wide conversions plus an
+    // insert; the intrinsic is one vcvtps2pd, and the packers are bound by
+    // the shuffle port these instructions use.
+    dvec v;
+    const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(p));
+    std::memcpy(&v, &d, sizeof(v));
+    return v;
+#else
     fvec8 f;
     std::memcpy(&f, p, sizeof(f));
     return __builtin_convertvector(f, dvec);
+#endif
   } else {
     double tmp[8];
     for (int i = 0; i < 8; ++i) tmp[i] = static_cast<double>(static_cast<float>(p[i]));
@@ -215,8 +229,14 @@ inline void store8(P* dst, const dvec& v) {
   if constexpr (std::is_same_v<P, double>) {
     std::memcpy(dst, &v, sizeof(v));
   } else {
+#ifdef __AVX512F__
+    __m512d d;
+    std::memcpy(&d, &v, sizeof(d));
+    _mm256_storeu_ps(dst, _mm512_cvtpd_ps(d));
+#else
     const fvec8 f = __builtin_convertvector(v, fvec8);
     std::memcpy(dst, &f, sizeof(f));
+#endif
   }
 }
 
@@ -262,7 +282,11 @@ void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, in
       dvec r[8];
       if (s + 8 <= s_len) {
         const T* src = base + n * sn + ch0 * sc + s;
-        for (int i = 0; i < 8; ++i) r[i] = i < nch ? load8_as_double(src + i * sc) : zero;
+        if (nch == 8) {
+          for (int i = 0; i < 8; ++i) r[i] = load8_as_double(src + i * sc);
+        } else {
+          for (int i = 0; i < 8; ++i) r[i] = i < nch ? load8_as_double(src + i * sc) : zero;
+        }
         s += 8;
       } else {
         // The eight samples straddle images: gather them one by one.
@@ -283,11 +307,13 @@ void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, in
       }
       transpose8(r);
       for (int j = 0; j < 8; ++j) {
-        // Sums stay in float64 whatever the panel precision.
-        const dvec v = r[j] - sh;
-        acc += v;
-        store8(dst + (k + j) * kBlock, v);
+        r[j] -= sh;
+        store8(dst + (k + j) * kBlock, r[j]);
       }
+      // Sums stay in float64 whatever the panel precision. Adding the eight
+      // samples as a tree keeps the chain through acc one add long; eight
+      // adds in a row made their latency the packer's bottleneck.
+      acc += ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
     }
     for (; k < kc; ++k) {
       double row[8];
@@ -323,14 +349,15 @@ void DELVE_FAST_PACK_ROWS_FN(const T* base, int64_t sn, int64_t ss, int64_t sc, 
     P* dst = panel + b * stride_blk;
     const T* src = base + b * kBlock;
     const dvec sh_lo = load_vec(shift + b * kBlock), sh_hi = load_vec(shift + b * kBlock + 8);
-    dvec acc_lo = sh_lo * 0.0, acc_hi = sh_lo * 0.0;
+    // Two sums per half, alternating by sample, halve the add-latency chain.
+    dvec acc[2][2] = {{sh_lo * 0.0, sh_lo * 0.0}, {sh_lo * 0.0, sh_lo * 0.0}};
     int64_t n = n0, s = s0;
     for (int64_t k = 0; k < kc; ++k) {
       const T* row = src + n * sn + s * ss;
       const dvec lo = load8_as_double(row) - sh_lo;
       const dvec hi = load8_as_double(row + 8) - sh_hi;
-      acc_lo += lo;
-      acc_hi += hi;
+      acc[k & 1][0] += lo;
+      acc[k & 1][1] += hi;
       store8(dst + k * kBlock, lo);
       store8(dst + k * kBlock + 8, hi);
       if (++s == s_len) {
@@ -338,9 +365,10 @@ void DELVE_FAST_PACK_ROWS_FN(const T* base, int64_t sn, int64_t ss, int64_t sc, 
         ++n;
       }
     }
+    const dvec sum_lo = acc[0][0] + acc[1][0], sum_hi = acc[0][1] + acc[1][1];
     for (int i = 0; i < 8; ++i) {
-      sums[b * kBlock + i] += acc_lo[i];
-      sums[b * kBlock + 8 + i] += acc_hi[i];
+      sums[b * kBlock + i] += sum_lo[i];
+      sums[b * kBlock + 8 + i] += sum_hi[i];
     }
   }
   // Strided features, or the partial last block: one value at a time.
