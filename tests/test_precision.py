@@ -28,7 +28,12 @@ def _np_cov(batches: list[torch.Tensor]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(16, 24, 64), (300, 70, 1), (4, 33, 900)])
+@pytest.mark.parametrize(
+    "shape",
+    # C spans one feature block, odd and even block counts (the float kernel
+    # takes row blocks two at a time), partial tiles and several tiles.
+    [(16, 24, 64), (300, 70, 1), (4, 33, 900), (5, 16, 40), (3, 257, 200), (700, 130, 1), (6, 64, 1024)],
+)
 def test_mixed_within_documented_bound(compiled, backend, shape):  # noqa: ARG001 (fail if the build is broken)
     """|error_ij| <= 1e-4 * sqrt(cov_ii * cov_jj): float32 rounding over short tiles.
 

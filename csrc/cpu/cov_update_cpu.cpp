@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/gram_kernel.h"
@@ -194,14 +195,18 @@ PrefetchCursor make_prefetch_cursor(const Span* spans, int64_t n) {
 }
 
 // Upper-triangle block pairs (bi <= bj), grouped by chunks of column blocks
-// small enough to stay in L2 while every row block passes over them.
+// small enough to stay in L2 while every row block passes over them. For
+// float panels the row blocks go two at a time (bi even; the Gram kernel reads
+// an entry (bi, bj > bi) as covering row block bi + 1 too).
+template <typename P>
 std::vector<int32_t> block_pairs(int64_t nblk, int64_t kc) {
-  const int64_t chunk = std::max<int64_t>(1, (1 << 20) / (kc * kBlock * static_cast<int64_t>(sizeof(double))));
+  constexpr int64_t row_step = std::is_same_v<P, float> ? 2 : 1;
+  const int64_t chunk = std::max<int64_t>(1, (1 << 20) / (kc * kBlock * static_cast<int64_t>(sizeof(P))));
   std::vector<int32_t> pairs;
   pairs.reserve(nblk * (nblk + 1));
   for (int64_t j0 = 0; j0 < nblk; j0 += chunk) {
     const int64_t j1 = std::min(nblk, j0 + chunk);
-    for (int64_t bi = 0; bi < j1; ++bi)
+    for (int64_t bi = 0; bi < j1; bi += row_step)
       for (int64_t bj = std::max(bi, j0); bj < j1; ++bj) {
         pairs.push_back(static_cast<int32_t>(bi));
         pairs.push_back(static_cast<int32_t>(bj));
@@ -247,7 +252,6 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
                                int64_t count, double* g, double* sums, Merge& merge) {
   const GramFn<P> gram = select_gram_kernel<P>();
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t npairs_all = v.nblk * (v.nblk + 1) / 2;
   const int64_t gram_bytes = v.c * v.c * static_cast<int64_t>(sizeof(double));
   const int64_t ntiles = (v.k + kTile - 1) / kTile;
   // Splitting the samples needs no synchronisation per tile, so it is preferred
@@ -259,7 +263,8 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (thread 0 writes straight into g).
-    const std::vector<int32_t> pairs = block_pairs(v.nblk, kTile);
+    const std::vector<int32_t> pairs = block_pairs<P>(v.nblk, kTile);
+    const int64_t npairs_all = static_cast<int64_t>(pairs.size()) / 2;
     // Pack several tiles at once when they fit in L2: the packer then reads
     // longer runs of each feature, which the hardware prefetcher streams well.
     const int64_t pack_tiles =
@@ -307,7 +312,8 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
   // pairs. Tiles shrink below kTile only where one panel would exceed
   // kSharedPanelBytes.
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
-  const std::vector<int32_t> pairs = block_pairs(v.nblk, kc_big);
+  const std::vector<int32_t> pairs = block_pairs<P>(v.nblk, kc_big);
+  const int64_t npairs_all = static_cast<int64_t>(pairs.size()) / 2;
   AlignedBuffer<P> panel(std::min(kc_big, v.k) * v.cpad);
   std::vector<Span> next_spans;
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {

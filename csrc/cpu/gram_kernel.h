@@ -45,7 +45,9 @@ struct GramEpilogue {
 
 // Adds panel^T * panel over kc samples into g (row-major, leading dimension ldg, c x c valid
 // entries) for the block pairs pairs[0..npairs): pair p covers rows of block
-// pairs[2p] and columns of block pairs[2p + 1] (>= the row block). Only the
+// pairs[2p] and columns of block pairs[2p + 1] (>= the row block); for float
+// panels a pair whose column block is past its row block also covers the next
+// row block (the lists come two row blocks at a time). Only the
 // upper triangle of g (and the lower half of diagonal blocks) is touched;
 // callers mirror afterwards. Blocks of the panel are ldp samples apart
 // (ldp >= kc), so a run of samples inside a longer panel can be passed.

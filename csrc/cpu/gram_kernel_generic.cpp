@@ -6,6 +6,9 @@
 #define DELVE_FAST_F64_COLS 4
 #define DELVE_FAST_F32_ROWS 16
 #define DELVE_FAST_F32_COLS 4
+#include <cstdlib>
+#include <string>
+
 #include "cpu/gram_kernel_impl.h"
 
 namespace delve_fast {
@@ -14,12 +17,24 @@ namespace {
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 Isa detect() {
+  Isa best = Isa::kGeneric;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  if (__builtin_cpu_supports("avx512f")) {
+    best = Isa::kAvx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    best = Isa::kAvx2;
+  }
 #endif
-  return Isa::kGeneric;
+  // DELVE_FAST_CPU_ISA=generic|avx2 picks a lower build (tests run each one);
+  // a build this CPU cannot run is never chosen.
+  const char* want = std::getenv("DELVE_FAST_CPU_ISA");
+  if (want != nullptr) {
+    const std::string w(want);
+    if (w == "generic") return Isa::kGeneric;
+    if (w == "avx2" && best == Isa::kAvx512) return Isa::kAvx2;
+  }
+  return best;
 }
 
 Isa isa() {

@@ -76,25 +76,27 @@ inline void prefetch_span(const double* p, int64_t n) {
     __builtin_prefetch(last, 1, 2);
 }
 
-// out (column-major kRows x kCols) = a^T b over kc samples, where a and b point
-// into panel blocks (stride kBlock per sample). acc[j][r] holds rows
-// [r * lanes, (r + 1) * lanes) of column j. With kPrefetch, pf is stepped every
-// kSamplesPerPrefetch samples until it runs out.
-template <typename P, int kTileRows, bool kPrefetch>
-inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P* __restrict out, PrefetchCursor* pf) {
+// out (column-major kTileRows x kTileCols) = a^T b over kc samples, where a
+// and b point into panel blocks (stride kBlock per sample). Row vector r of a
+// sample is read at a + r * rstride: the next lanes of the same block, or the
+// same lanes of the next block. acc[j][r] holds rows [r * lanes, (r + 1) *
+// lanes) of column j. With kPrefetch, pf is stepped every kSamplesPerPrefetch
+// samples until it runs out.
+template <typename P, int kTileRows, int kTileCols, bool kPrefetch>
+inline void sub_tile(const P* __restrict a, int64_t rstride, const P* __restrict b, int64_t kc, P* __restrict out,
+                     PrefetchCursor* pf) {
   using V = Vec<P>;
   using vec = typename V::type;
   constexpr int kRowVecs = kTileRows / V::kLanes;
   static_assert(kTileRows % V::kLanes == 0, "sub-tile rows must fill whole vectors");
-  static_assert(kBlock % V::kRows == 0 && kBlock % V::kCols == 0, "sub-tiles must tile a block");
-  vec acc[V::kCols][kRowVecs];
-  for (int j = 0; j < V::kCols; ++j)
+  vec acc[kTileCols][kRowVecs];
+  for (int j = 0; j < kTileCols; ++j)
     for (int r = 0; r < kRowVecs; ++r) acc[j][r] = vec{} * P(0);
   auto sample = [&](int64_t k) __attribute__((always_inline)) {
     vec av[kRowVecs];
-    for (int r = 0; r < kRowVecs; ++r) av[r] = load_vec(a + k * kBlock + r * V::kLanes);
+    for (int r = 0; r < kRowVecs; ++r) av[r] = load_vec(a + k * kBlock + r * rstride);
     const P* bk = b + k * kBlock;
-    for (int j = 0; j < V::kCols; ++j) {
+    for (int j = 0; j < kTileCols; ++j) {
       const P bj = bk[j];
       for (int r = 0; r < kRowVecs; ++r) acc[j][r] += av[r] * bj;
     }
@@ -107,8 +109,46 @@ inline void sub_tile(const P* __restrict a, const P* __restrict b, int64_t kc, P
     }
   }
   for (; k < kc; ++k) sample(k);
-  for (int j = 0; j < V::kCols; ++j)
+  for (int j = 0; j < kTileCols; ++j)
     for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * kTileRows + r * V::kLanes, &acc[j][r], sizeof(vec));
+}
+
+// Adds a finished sub-tile (column-major, ld rows) of nr x nc entries at
+// (row0, col0) into g, or, with an epilogue, finishes those entries on or above
+// the diagonal and mirrors them (entries below it are left to the mirror).
+template <typename P>
+inline void store_sub_tile(const P* tile, int64_t rows, int64_t nr, int64_t nc, int64_t row0, int64_t col0, double* g,
+                           int64_t ldg, const GramEpilogue* epilogue) {
+  // A float tile is widened here: each tile's sum goes into the float64 state.
+  if (epilogue == nullptr) {
+    for (int64_t i = 0; i < nr; ++i) {
+      double* grow = g + (row0 + i) * ldg + col0;
+      for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * rows + i]);
+    }
+    return;
+  }
+  const double* __restrict dl = epilogue->delta;
+  const double* __restrict dd = epilogue->d;
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t gi = row0 + i;
+    double* grow = g + gi * ldg + col0;
+    const double wi = epilogue->w * dl[gi], ki = epilogue->k * dd[gi];
+    for (int64_t j = std::max<int64_t>(0, gi - col0); j < nc; ++j) {
+      const int64_t gj = col0 + j;
+      const double val = grow[j] + static_cast<double>(tile[j * rows + i]) + (wi * dl[gj] - ki * dd[gj]);
+      grow[j] = val;
+      g[gj * ldg + gi] = val;
+    }
+  }
+}
+
+// Asks for the accumulator lines a sub-tile will update (and, when finishing,
+// the rows of its mirror) before computing it: after a cold start they come
+// from memory, which the sub-tile's few thousand FMAs can hide.
+inline void prefetch_sub_tile(double* g, int64_t ldg, int64_t row0, int64_t nr, int64_t col0, int64_t nc, bool mirror) {
+  for (int64_t i = 0; i < nr; ++i) prefetch_span(g + (row0 + i) * ldg + col0, nc);
+  if (mirror)
+    for (int64_t j = 0; j < nc; ++j) prefetch_span(g + (col0 + j) * ldg + row0, nr);
 }
 
 }  // namespace
@@ -117,12 +157,17 @@ template <typename P>
 void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg,
                         const int32_t* pairs, int64_t npairs, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
   constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
+  static_assert(kBlock % kRows == 0 && kBlock % kCols == 0, "sub-tiles must tile a block");
+  constexpr bool kHalfTiles = kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0;
   const int64_t stride_blk = ldp * kBlock;
-  alignas(64) P tile[kRows * kCols];
+  const int64_t nblk = (c + kBlock - 1) / kBlock;
+  alignas(64) P tile[2 * kBlock * kBlock];
   // Small accumulators stay in cache between tiles; prefetching them only costs issue slots.
   const bool g_cold = c * c * static_cast<int64_t>(sizeof(double)) > kCachedGramBytes;
-  for (int64_t p = 0; p < npairs; ++p) {
-    const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
+  const bool mirror = epilogue != nullptr;
+
+  // Row block bi against column block bj with kRows x kCols sub-tiles.
+  auto one_row_block = [&](int64_t bi, int64_t bj) {
     const P* a_blk = panel + bi * stride_blk;
     const int64_t col_end = std::min<int64_t>(c, (bj + 1) * kBlock);
     for (int64_t col0 = bj * kBlock; col0 < col_end; col0 += kCols) {
@@ -135,56 +180,58 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
         // whole sub-tiles, or the lower half of one when that half fills vectors.
         if (bi == bj && row0 >= col0 + kCols) continue;
         int64_t rows = kRows;
-        if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
+        if constexpr (kHalfTiles) {
           if (bi == bj && row0 + kHalfRows >= col0 + kCols) rows = kHalfRows;
         }
-        // Ask for the accumulator lines this sub-tile will update (and, when
-        // finishing, the rows of its mirror) now: after a cold start they
-        // come from memory, which the next few thousand FMAs can hide.
         const int64_t nr = std::min<int64_t>(rows, c - row0);
-        if (g_cold) {
-          for (int64_t i = 0; i < nr; ++i) prefetch_span(g + (row0 + i) * ldg + col0, nc);
-          if (epilogue != nullptr)
-            for (int64_t j = 0; j < nc; ++j) prefetch_span(g + (col0 + j) * ldg + row0, nr);
-        }
+        if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
         const bool pf = prefetch != nullptr && prefetch->line != nullptr;
         const P* a_sub = a_blk + r0;
-        if constexpr (kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0) {
-          if (rows == kHalfRows) {
-            pf ? sub_tile<P, kHalfRows, true>(a_sub, b_sub, kc, tile, prefetch)
-               : sub_tile<P, kHalfRows, false>(a_sub, b_sub, kc, tile, prefetch);
-          } else {
-            pf ? sub_tile<P, kRows, true>(a_sub, b_sub, kc, tile, prefetch)
-               : sub_tile<P, kRows, false>(a_sub, b_sub, kc, tile, prefetch);
-          }
+        constexpr int64_t rs = Vec<P>::kLanes;
+        if (kHalfTiles && rows == kHalfRows) {
+          pf ? sub_tile<P, kHalfTiles ? kHalfRows : kRows, kCols, true>(a_sub, rs, b_sub, kc, tile, prefetch)
+             : sub_tile<P, kHalfTiles ? kHalfRows : kRows, kCols, false>(a_sub, rs, b_sub, kc, tile, prefetch);
         } else {
-          pf ? sub_tile<P, kRows, true>(a_sub, b_sub, kc, tile, prefetch)
-             : sub_tile<P, kRows, false>(a_sub, b_sub, kc, tile, prefetch);
+          pf ? sub_tile<P, kRows, kCols, true>(a_sub, rs, b_sub, kc, tile, prefetch)
+             : sub_tile<P, kRows, kCols, false>(a_sub, rs, b_sub, kc, tile, prefetch);
         }
-        // A float tile is widened here: each tile's sum goes into the float64 state.
-        if (epilogue == nullptr) {
-          for (int64_t i = 0; i < nr; ++i) {
-            double* grow = g + (row0 + i) * ldg + col0;
-            for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * rows + i]);
-          }
-        } else {
-          const double* __restrict dl = epilogue->delta;
-          const double* __restrict dd = epilogue->d;
-          for (int64_t i = 0; i < nr; ++i) {
-            const int64_t gi = row0 + i;
-            double* grow = g + gi * ldg + col0;
-            const double wi = epilogue->w * dl[gi], ki = epilogue->k * dd[gi];
-            // Entries below the diagonal of a diagonal block are left to the mirror.
-            for (int64_t j = std::max<int64_t>(0, gi - col0); j < nc; ++j) {
-              const int64_t gj = col0 + j;
-              const double val = grow[j] + static_cast<double>(tile[j * rows + i]) + (wi * dl[gj] - ki * dd[gj]);
-              grow[j] = val;
-              g[gj * ldg + gi] = val;
-            }
-          }
-        }
+        store_sub_tile(tile, rows, nr, nc, row0, col0, g, ldg, epilogue);
       }
     }
+  };
+
+  for (int64_t p = 0; p < npairs; ++p) {
+    const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
+    // Float panels come in pairs of row blocks (see block_pairs): the entry
+    // (bi, bj), bj > bi, also covers row block bi + 1.
+    const bool two_rows = std::is_same_v<P, float> && bj > bi && bi + 1 < nblk;
+#ifdef DELVE_FAST_F32_PAIR_COLS
+    if constexpr (std::is_same_v<P, float>) {
+      if (two_rows) {
+        // 32 rows from two blocks share each broadcast of b: two loads and
+        // eight broadcasts feed sixteen FMAs, which keeps the float kernel
+        // off the load ports' limit that a 16 x 16 tile hits.
+        constexpr int kPairCols = DELVE_FAST_F32_PAIR_COLS;
+        static_assert(kBlock % kPairCols == 0, "pair sub-tiles must tile a block");
+        const P* a_blk = panel + bi * stride_blk;
+        const int64_t row0 = bi * kBlock;
+        const int64_t nr = std::min<int64_t>(2 * kBlock, c - row0);
+        const int64_t col_end = std::min<int64_t>(c, (bj + 1) * kBlock);
+        for (int64_t col0 = bj * kBlock; col0 < col_end; col0 += kPairCols) {
+          const P* b_sub = panel + bj * stride_blk + (col0 - bj * kBlock);
+          const int64_t nc = std::min<int64_t>(kPairCols, c - col0);
+          if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
+          const bool pf = prefetch != nullptr && prefetch->line != nullptr;
+          pf ? sub_tile<P, 2 * kBlock, kPairCols, true>(a_blk, stride_blk, b_sub, kc, tile, prefetch)
+             : sub_tile<P, 2 * kBlock, kPairCols, false>(a_blk, stride_blk, b_sub, kc, tile, prefetch);
+          store_sub_tile(tile, 2 * kBlock, nr, nc, row0, col0, g, ldg, epilogue);
+        }
+        continue;
+      }
+    }
+#endif
+    one_row_block(bi, bj);
+    if (two_rows) one_row_block(bi + 1, bj);
   }
 }
 
