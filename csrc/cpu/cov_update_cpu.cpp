@@ -36,6 +36,8 @@ constexpr int64_t kPackedBytes = 512 << 10;
 constexpr int64_t kMaxPackTiles = 4;
 // Shared panels are capped so huge feature counts still tile in bounded memory.
 constexpr int64_t kSharedPanelBytes = 32LL << 20;
+// Matrices up to this many entries are merged and mirrored on one thread.
+constexpr int64_t kSerialMergeEntries = 128 * 128;
 // Fewest tiles per thread for which splitting the samples between threads
 // beats sharing each tile's panel (measured at C = 512, K = 1024 and 4096).
 constexpr int64_t kMinTilesPerThread = 3;
@@ -350,7 +352,10 @@ void merge_and_mirror(double* g, int64_t c, const Merge& merge, const std::vecto
   constexpr int64_t kMergeTile = 64;
   const int64_t ntile = (c + kMergeTile - 1) / kMergeTile;
   const double w = merge.w, k = merge.k;
-  at::parallel_for(0, ntile, 1, [&](int64_t q0, int64_t q1) {
+  // A small matrix is merged by the calling thread alone: waking the pool for a
+  // few microseconds of work costs more than the work (grain = all tiles).
+  const int64_t grain = c * c <= kSerialMergeEntries ? ntile : 1;
+  at::parallel_for(0, ntile, grain, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       // Row tile ti has ntile - ti column tiles of work. Interleave long and
       // short rows so that contiguous ranges of q carry equal work.
