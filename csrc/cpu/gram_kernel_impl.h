@@ -142,6 +142,34 @@ inline void store_sub_tile(const P* tile, int64_t rows, int64_t nr, int64_t nc, 
   }
 }
 
+// Adds a finished row-major sub-tile (tile[i * ld + j] is entry (row0 + i,
+// col0 + j)) into g, or finishes it with the epilogue, as store_sub_tile does.
+// Rows of the tile are rows of g, so the plain case is whole-vector adds.
+inline void store_row_tile(const double* tile, int64_t ld, int64_t nr, int64_t nc, int64_t row0, int64_t col0,
+                           double* g, int64_t ldg, const GramEpilogue* epilogue) {
+  if (epilogue == nullptr) {
+    for (int64_t i = 0; i < nr; ++i) {
+      double* __restrict grow = g + (row0 + i) * ldg + col0;
+      const double* __restrict t = tile + i * ld;
+      for (int64_t j = 0; j < nc; ++j) grow[j] += t[j];
+    }
+    return;
+  }
+  const double* __restrict dl = epilogue->delta;
+  const double* __restrict dd = epilogue->d;
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t gi = row0 + i;
+    double* grow = g + gi * ldg + col0;
+    const double wi = epilogue->w * dl[gi], ki = epilogue->k * dd[gi];
+    for (int64_t j = std::max<int64_t>(0, gi - col0); j < nc; ++j) {
+      const int64_t gj = col0 + j;
+      const double val = grow[j] + tile[i * ld + j] + (wi * dl[gj] - ki * dd[gj]);
+      grow[j] = val;
+      g[gj * ldg + gi] = val;
+    }
+  }
+}
+
 // Asks for the accumulator lines a sub-tile will update (and, when finishing,
 // the rows of its mirror) before computing it: after a cold start they come
 // from memory, which the sub-tile's few thousand FMAs can hide.
@@ -200,8 +228,57 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
     }
   };
 
+  // float64: the vectors run along the columns of g and the row features are
+  // broadcast, so each accumulator holds part of one row of g and a sub-tile
+  // is added to g with whole-vector loads and stores; the transposed layout
+  // cost a scalar pass over every sub-tile. Same register shape and
+  // diagonal waste as one_row_block, with rows and columns swapped.
+  auto one_row_block_by_rows = [&](int64_t bi, int64_t bj) {
+    constexpr int kVecCols = kRows, kBcastRows = kCols, kHalfCols = kHalfRows;
+    const int64_t col_begin = bj * kBlock;
+    for (int64_t r0 = 0; r0 < kBlock; r0 += kBcastRows) {
+      const int64_t row0 = bi * kBlock + r0;
+      if (row0 >= c) break;
+      const int64_t nr = std::min<int64_t>(kBcastRows, c - row0);
+      const P* b_sub = panel + bi * stride_blk + r0;
+      for (int64_t c0 = 0; c0 < kBlock; c0 += kVecCols) {
+        int64_t col0 = col_begin + c0;
+        // On a diagonal block, skip sub-tiles wholly left of the diagonal, or
+        // the left half of one when that half fills vectors.
+        if (bi == bj && col0 + kVecCols <= row0) continue;
+        bool half = false;
+        if constexpr (kHalfTiles) {
+          if (bi == bj && col0 + kHalfCols <= row0) {
+            half = true;
+            col0 += kHalfCols;
+          }
+        }
+        if (col0 >= c) break;
+        const int64_t ncols = half ? kHalfCols : kVecCols;
+        const int64_t nc = std::min<int64_t>(ncols, c - col0);
+        if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
+        const bool pf = prefetch != nullptr && prefetch->line != nullptr;
+        const P* a_sub = panel + bj * stride_blk + (col0 - col_begin);
+        constexpr int64_t rs = Vec<P>::kLanes;
+        if (kHalfTiles && half) {
+          constexpr int kH = kHalfTiles ? kHalfCols : kVecCols;
+          pf ? sub_tile<P, kH, kBcastRows, true>(a_sub, rs, b_sub, kc, tile, prefetch)
+             : sub_tile<P, kH, kBcastRows, false>(a_sub, rs, b_sub, kc, tile, prefetch);
+        } else {
+          pf ? sub_tile<P, kVecCols, kBcastRows, true>(a_sub, rs, b_sub, kc, tile, prefetch)
+             : sub_tile<P, kVecCols, kBcastRows, false>(a_sub, rs, b_sub, kc, tile, prefetch);
+        }
+        if constexpr (std::is_same_v<P, double>) store_row_tile(tile, ncols, nr, nc, row0, col0, g, ldg, epilogue);
+      }
+    }
+  };
+
   for (int64_t p = 0; p < npairs; ++p) {
     const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
+    if constexpr (std::is_same_v<P, double>) {
+      one_row_block_by_rows(bi, bj);
+      continue;
+    }
     // Float panels come in pairs of row blocks (see block_pairs): the entry
     // (bi, bj), bj > bi, also covers row block bi + 1.
     const bool two_rows = std::is_same_v<P, float> && bj > bi && bi + 1 < nblk;
