@@ -196,25 +196,26 @@ PrefetchCursor make_prefetch_cursor(const Span* spans, int64_t n) {
   return cur;
 }
 
-// Upper-triangle block pairs (bi <= bj), grouped by chunks of column blocks
-// small enough to stay in L2 while every row block passes over them. For
-// float panels the row blocks go two at a time (bi even; the Gram kernel reads
-// an entry (bi, bj > bi) as covering row block bi + 1 too).
+// Gram tasks (bi, bj, n) over the upper triangle of feature blocks (see
+// GramFn), grouped by chunks of column blocks small enough to stay in L2
+// while every row block passes over them. Float panels take column blocks two
+// at a time, which their micro-kernel computes as one wider tile.
 template <typename P>
-std::vector<int32_t> block_pairs(int64_t nblk, int64_t kc) {
-  constexpr int64_t row_step = std::is_same_v<P, float> ? 2 : 1;
+std::vector<int32_t> block_tasks(int64_t nblk, int64_t kc) {
+  constexpr int64_t col_step = std::is_same_v<P, float> ? 2 : 1;
   const int64_t chunk = std::max<int64_t>(1, (1 << 20) / (kc * kBlock * static_cast<int64_t>(sizeof(P))));
-  std::vector<int32_t> pairs;
-  pairs.reserve(nblk * (nblk + 1));
+  std::vector<int32_t> tasks;
+  tasks.reserve(3 * nblk * (nblk + 1) / 2);
   for (int64_t j0 = 0; j0 < nblk; j0 += chunk) {
     const int64_t j1 = std::min(nblk, j0 + chunk);
-    for (int64_t bi = 0; bi < j1; bi += row_step)
-      for (int64_t bj = std::max(bi, j0); bj < j1; ++bj) {
-        pairs.push_back(static_cast<int32_t>(bi));
-        pairs.push_back(static_cast<int32_t>(bj));
+    for (int64_t bi = 0; bi < j1; ++bi)
+      for (int64_t bj = std::max(bi, j0); bj < j1; bj += col_step) {
+        tasks.push_back(static_cast<int32_t>(bi));
+        tasks.push_back(static_cast<int32_t>(bj));
+        tasks.push_back(static_cast<int32_t>(std::min(col_step, j1 - bj)));
       }
   }
-  return pairs;
+  return tasks;
 }
 
 // The terms that fold a batch into the running state (Chan, Golub & LeVeque).
@@ -265,8 +266,8 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (thread 0 writes straight into g).
-    const std::vector<int32_t> pairs = block_pairs<P>(v.nblk, kTile);
-    const int64_t npairs_all = static_cast<int64_t>(pairs.size()) / 2;
+    const std::vector<int32_t> tasks = block_tasks<P>(v.nblk, kTile);
+    const int64_t ntasks = static_cast<int64_t>(tasks.size()) / 3;
     // Pack several tiles at once when they fit in L2: the packer then reads
     // longer runs of each feature, which the hardware prefetcher streams well.
     const int64_t pack_tiles =
@@ -297,8 +298,8 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
           }
           PrefetchCursor cursor = make_prefetch_cursor(next_spans.data(), static_cast<int64_t>(next_spans.size()));
           for (int64_t kk = 0; kk < kp; kk += kTile)
-            gram(panel.data() + kk * kBlock, std::min(kTile, kp - kk), kp, v.c, gt, v.c, pairs.data(), npairs_all,
-                 &cursor, nullptr);
+            gram(panel.data() + kk * kBlock, std::min(kTile, kp - kk), kp, v.c, gt, v.c, tasks.data(), ntasks, &cursor,
+                 nullptr);
         }
       }
     });
@@ -310,12 +311,12 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
       if (!pg.empty()) out.partials.push_back(std::move(pg));
     return out;
   }
-  // Many features: share one panel per tile and split the triangle's block
-  // pairs. Tiles shrink below kTile only where one panel would exceed
+  // Many features: share one panel per tile and split the triangle.s block
+  // tasks. Tiles shrink below kTile only where one panel would exceed
   // kSharedPanelBytes.
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
-  const std::vector<int32_t> pairs = block_pairs<P>(v.nblk, kc_big);
-  const int64_t npairs_all = static_cast<int64_t>(pairs.size()) / 2;
+  const std::vector<int32_t> tasks = block_tasks<P>(v.nblk, kc_big);
+  const int64_t ntasks = static_cast<int64_t>(tasks.size()) / 3;
   AlignedBuffer<P> panel(std::min(kc_big, v.k) * v.cpad);
   std::vector<Span> next_spans;
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
@@ -330,11 +331,11 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
     const bool last = k0 + kc == v.k;
     if (last) merge.prepare(sums, shift, mu, v.c, count, v.k);
     const GramEpilogue epilogue = merge.epilogue();
-    at::parallel_for(0, npairs_all, 1, [&](int64_t p0, int64_t p1) {
-      // Each thread prefetches the share of the next tile that matches its share of the pairs.
-      const int64_t s0 = nspans * p0 / npairs_all, s1 = nspans * p1 / npairs_all;
+    at::parallel_for(0, ntasks, 1, [&](int64_t p0, int64_t p1) {
+      // Each thread prefetches the share of the next tile that matches its share of the tasks.
+      const int64_t s0 = nspans * p0 / ntasks, s1 = nspans * p1 / ntasks;
       PrefetchCursor cursor = make_prefetch_cursor(next_spans.data() + s0, s1 - s0);
-      gram(panel.data(), kc, kc, v.c, g, v.c, pairs.data() + 2 * p0, p1 - p0, &cursor, last ? &epilogue : nullptr);
+      gram(panel.data(), kc, kc, v.c, g, v.c, tasks.data() + 3 * p0, p1 - p0, &cursor, last ? &epilogue : nullptr);
     });
   }
   Accumulated out;

@@ -43,19 +43,18 @@ struct GramEpilogue {
   double k;             // samples in the batch
 };
 
-// Adds panel^T * panel over kc samples into g (row-major, leading dimension ldg, c x c valid
-// entries) for the block pairs pairs[0..npairs): pair p covers rows of block
-// pairs[2p] and columns of block pairs[2p + 1] (>= the row block); for float
-// panels a pair whose column block is past its row block also covers the next
-// row block (the lists come two row blocks at a time). Only the
-// upper triangle of g (and the lower half of diagonal blocks) is touched;
-// callers mirror afterwards. Blocks of the panel are ldp samples apart
-// (ldp >= kc), so a run of samples inside a longer panel can be passed.
+// Adds panel^T * panel over kc samples into g (row-major, leading dimension
+// ldg, c x c valid entries) for the block tasks tasks[0..ntasks): task t,
+// (bi, bj, n) = tasks[3t .. 3t + 2], covers the rows of feature block bi
+// against the columns of blocks bj .. bj + n - 1 (all >= bi; n is 1 or 2).
+// Only the upper triangle of g (and the lower half of diagonal blocks) is
+// touched; callers mirror afterwards. Blocks of the panel are ldp samples
+// apart (ldp >= kc), so a run of samples inside a longer panel can be passed.
 // Lines of prefetch (may be null) are prefetched every few samples. With an
 // epilogue (may be null), the touched entries are finished and mirrored.
 template <typename P>
 using GramFn = void (*)(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg,
-                        const int32_t* pairs, int64_t npairs, PrefetchCursor* prefetch, const GramEpilogue* epilogue);
+                        const int32_t* tasks, int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue);
 
 // Packs samples [k0, k0 + kc) of a batch whose features are stored as runs of
 // contiguous samples (NCHW: x[n, c, s] at base[n * sn + c * sc + s], s < s_len)

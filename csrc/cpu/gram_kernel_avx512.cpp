@@ -6,5 +6,5 @@
 #define DELVE_FAST_F64_COLS 8
 #define DELVE_FAST_F32_ROWS 16
 #define DELVE_FAST_F32_COLS 16
-#define DELVE_FAST_F32_PAIR_COLS 8
+#define DELVE_FAST_F32_PAIR_ROWS 8
 #include "cpu/gram_kernel_impl.h"

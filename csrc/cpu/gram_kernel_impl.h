@@ -145,13 +145,14 @@ inline void store_sub_tile(const P* tile, int64_t rows, int64_t nr, int64_t nc, 
 // Adds a finished row-major sub-tile (tile[i * ld + j] is entry (row0 + i,
 // col0 + j)) into g, or finishes it with the epilogue, as store_sub_tile does.
 // Rows of the tile are rows of g, so the plain case is whole-vector adds.
-inline void store_row_tile(const double* tile, int64_t ld, int64_t nr, int64_t nc, int64_t row0, int64_t col0,
-                           double* g, int64_t ldg, const GramEpilogue* epilogue) {
+template <typename P>
+inline void store_row_tile(const P* tile, int64_t ld, int64_t nr, int64_t nc, int64_t row0, int64_t col0, double* g,
+                           int64_t ldg, const GramEpilogue* epilogue) {
   if (epilogue == nullptr) {
     for (int64_t i = 0; i < nr; ++i) {
       double* __restrict grow = g + (row0 + i) * ldg + col0;
-      const double* __restrict t = tile + i * ld;
-      for (int64_t j = 0; j < nc; ++j) grow[j] += t[j];
+      const P* __restrict t = tile + i * ld;
+      for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(t[j]);
     }
     return;
   }
@@ -163,7 +164,7 @@ inline void store_row_tile(const double* tile, int64_t ld, int64_t nr, int64_t n
     const double wi = epilogue->w * dl[gi], ki = epilogue->k * dd[gi];
     for (int64_t j = std::max<int64_t>(0, gi - col0); j < nc; ++j) {
       const int64_t gj = col0 + j;
-      const double val = grow[j] + tile[i * ld + j] + (wi * dl[gj] - ki * dd[gj]);
+      const double val = grow[j] + static_cast<double>(tile[i * ld + j]) + (wi * dl[gj] - ki * dd[gj]);
       grow[j] = val;
       g[gj * ldg + gi] = val;
     }
@@ -183,12 +184,11 @@ inline void prefetch_sub_tile(double* g, int64_t ldg, int64_t row0, int64_t nr, 
 
 template <typename P>
 void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg,
-                        const int32_t* pairs, int64_t npairs, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
+                        const int32_t* tasks, int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
   constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
   static_assert(kBlock % kRows == 0 && kBlock % kCols == 0, "sub-tiles must tile a block");
   constexpr bool kHalfTiles = kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0;
   const int64_t stride_blk = ldp * kBlock;
-  const int64_t nblk = (c + kBlock - 1) / kBlock;
   alignas(64) P tile[2 * kBlock * kBlock];
   // Small accumulators stay in cache between tiles; prefetching them only costs issue slots.
   const bool g_cold = c * c * static_cast<int64_t>(sizeof(double)) > kCachedGramBytes;
@@ -268,47 +268,45 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
           pf ? sub_tile<P, kVecCols, kBcastRows, true>(a_sub, rs, b_sub, kc, tile, prefetch)
              : sub_tile<P, kVecCols, kBcastRows, false>(a_sub, rs, b_sub, kc, tile, prefetch);
         }
-        if constexpr (std::is_same_v<P, double>) store_row_tile(tile, ncols, nr, nc, row0, col0, g, ldg, epilogue);
+        store_row_tile(tile, ncols, nr, nc, row0, col0, g, ldg, epilogue);
       }
     }
   };
 
-  for (int64_t p = 0; p < npairs; ++p) {
-    const int64_t bi = pairs[2 * p], bj = pairs[2 * p + 1];
+  for (int64_t t = 0; t < ntasks; ++t) {
+    const int64_t bi = tasks[3 * t], bj = tasks[3 * t + 1], ncb = tasks[3 * t + 2];
     if constexpr (std::is_same_v<P, double>) {
-      one_row_block_by_rows(bi, bj);
+      for (int64_t q = 0; q < ncb; ++q) one_row_block_by_rows(bi, bj + q);
       continue;
     }
-    // Float panels come in pairs of row blocks (see block_pairs): the entry
-    // (bi, bj), bj > bi, also covers row block bi + 1.
-    const bool two_rows = std::is_same_v<P, float> && bj > bi && bi + 1 < nblk;
-#ifdef DELVE_FAST_F32_PAIR_COLS
+#ifdef DELVE_FAST_F32_PAIR_ROWS
     if constexpr (std::is_same_v<P, float>) {
-      if (two_rows) {
-        // 32 rows from two blocks share each broadcast of b: two loads and
-        // eight broadcasts feed sixteen FMAs, which keeps the float kernel
-        // off the load ports' limit that a 16 x 16 tile hits.
-        constexpr int kPairCols = DELVE_FAST_F32_PAIR_COLS;
-        static_assert(kBlock % kPairCols == 0, "pair sub-tiles must tile a block");
-        const P* a_blk = panel + bi * stride_blk;
-        const int64_t row0 = bi * kBlock;
-        const int64_t nr = std::min<int64_t>(2 * kBlock, c - row0);
-        const int64_t col_end = std::min<int64_t>(c, (bj + 1) * kBlock);
-        for (int64_t col0 = bj * kBlock; col0 < col_end; col0 += kPairCols) {
-          const P* b_sub = panel + bj * stride_blk + (col0 - bj * kBlock);
-          const int64_t nc = std::min<int64_t>(kPairCols, c - col0);
+      if (ncb == 2) {
+        // Two column blocks side by side are two vectors that share every
+        // broadcast row feature: two loads and eight broadcasts feed sixteen
+        // FMAs (a 16 x 16 tile is bound by its sixteen broadcast loads), and
+        // the sub-tile comes out in rows of g, added with whole-vector ops.
+        constexpr int kPairRows = DELVE_FAST_F32_PAIR_ROWS;
+        static_assert(kBlock % kPairRows == 0, "pair sub-tiles must tile a block");
+        const P* a_cols = panel + bj * stride_blk;
+        const int64_t col0 = bj * kBlock;
+        const int64_t nc = std::min<int64_t>(2 * kBlock, c - col0);
+        for (int64_t r0 = 0; r0 < kBlock; r0 += kPairRows) {
+          const int64_t row0 = bi * kBlock + r0;
+          if (row0 >= c) break;
+          const int64_t nr = std::min<int64_t>(kPairRows, c - row0);
+          const P* b_rows = panel + bi * stride_blk + r0;
           if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
           const bool pf = prefetch != nullptr && prefetch->line != nullptr;
-          pf ? sub_tile<P, 2 * kBlock, kPairCols, true>(a_blk, stride_blk, b_sub, kc, tile, prefetch)
-             : sub_tile<P, 2 * kBlock, kPairCols, false>(a_blk, stride_blk, b_sub, kc, tile, prefetch);
-          store_sub_tile(tile, 2 * kBlock, nr, nc, row0, col0, g, ldg, epilogue);
+          pf ? sub_tile<P, 2 * kBlock, kPairRows, true>(a_cols, stride_blk, b_rows, kc, tile, prefetch)
+             : sub_tile<P, 2 * kBlock, kPairRows, false>(a_cols, stride_blk, b_rows, kc, tile, prefetch);
+          store_row_tile(tile, 2 * kBlock, nr, nc, row0, col0, g, ldg, epilogue);
         }
         continue;
       }
     }
 #endif
-    one_row_block(bi, bj);
-    if (two_rows) one_row_block(bi + 1, bj);
+    for (int64_t q = 0; q < ncb; ++q) one_row_block(bi, bj + q);
   }
 }
 
