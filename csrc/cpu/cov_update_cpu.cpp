@@ -311,7 +311,7 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
       if (!pg.empty()) out.partials.push_back(std::move(pg));
     return out;
   }
-  // Many features: share one panel per tile and split the triangle.s block
+  // Many features: share one panel per tile and split the triangle's block
   // tasks. Tiles shrink below kTile only where one panel would exceed
   // kSharedPanelBytes.
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
