@@ -1,4 +1,6 @@
-// AVX-512 build of the Gram micro-kernel (32 zmm registers: 16 x 8 float64 or 16 x 16 float32 tiles).
+// AVX-512 build of the Gram micro-kernel (32 zmm registers). float64 sub-tiles
+// are 8 rows x 16 columns of g; float32 ones are 8 x 32 across two column
+// blocks, or 16 x 16 where a column block has no neighbour.
 #define DELVE_FAST_GRAM_FN gram_pairs_avx512
 #define DELVE_FAST_PACK_FN pack_runs_avx512
 #define DELVE_FAST_PACK_ROWS_FN pack_rows_avx512

@@ -2,7 +2,10 @@
 // instruction set by the gram_kernel_<isa>.cpp files (each built with its own
 // -m flags). Before including, define DELVE_FAST_GRAM_FN, DELVE_FAST_PACK_FN and
 // DELVE_FAST_PACK_ROWS_FN (the function names), and the register sub-tile of each panel precision:
-// DELVE_FAST_F64_ROWS / DELVE_FAST_F64_COLS and DELVE_FAST_F32_ROWS / DELVE_FAST_F32_COLS.
+// DELVE_FAST_F64_ROWS / DELVE_FAST_F64_COLS and DELVE_FAST_F32_ROWS / DELVE_FAST_F32_COLS, where
+// ROWS is the extent held in vectors and COLS the extent that is broadcast. (The float64 kernel
+// lays its vectors along the columns of g, so there ROWS counts columns of g.) Optionally,
+// DELVE_FAST_F32_PAIR_ROWS enables the float32 tile over two column blocks, with that many rows.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
