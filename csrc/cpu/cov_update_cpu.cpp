@@ -166,7 +166,13 @@ void tile_spans(const scalar_t* base, const BatchView& v, int64_t k0, int64_t kc
     // Each feature's samples are runs within an image (NCHW).
     while (left > 0) {
       const int64_t len = std::min(left, v.s - s);
-      for (int64_t ch = 0; ch < v.c; ++ch) add_span(spans, base + n * v.sn + ch * v.sc + s, len * es);
+      if (len == v.s && v.sc == v.s) {
+        // A whole image of back-to-back feature runs is one range: one call
+        // instead of C keeps this serial step short when images are small.
+        add_span(spans, base + n * v.sn, v.c * v.s * es);
+      } else {
+        for (int64_t ch = 0; ch < v.c; ++ch) add_span(spans, base + n * v.sn + ch * v.sc + s, len * es);
+      }
       left -= len;
       s = 0;
       ++n;
