@@ -3,8 +3,8 @@
 // -m flags). Before including, define DELVE_FAST_GRAM_FN, DELVE_FAST_PACK_FN and
 // DELVE_FAST_PACK_ROWS_FN (the function names), and the register sub-tile of each panel precision:
 // DELVE_FAST_F64_ROWS / DELVE_FAST_F64_COLS and DELVE_FAST_F32_ROWS / DELVE_FAST_F32_COLS, where
-// ROWS is the extent held in vectors and COLS the extent that is broadcast. (The float64 kernel
-// lays its vectors along the columns of g, so there ROWS counts columns of g.) Optionally,
+// ROWS is the extent held in vectors and COLS the extent that is broadcast. (The kernel lays its
+// vectors along the columns of g, so ROWS counts columns of g.) Optionally,
 // DELVE_FAST_F32_PAIR_ROWS enables the float32 tile over two column blocks, with that many rows.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -116,38 +116,12 @@ inline void sub_tile(const P* __restrict a, int64_t rstride, const P* __restrict
     for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * kTileRows + r * V::kLanes, &acc[j][r], sizeof(vec));
 }
 
-// Adds a finished sub-tile (column-major, ld rows) of nr x nc entries at
-// (row0, col0) into g, or, with an epilogue, finishes those entries on or above
-// the diagonal and mirrors them (entries below it are left to the mirror).
-template <typename P>
-inline void store_sub_tile(const P* tile, int64_t rows, int64_t nr, int64_t nc, int64_t row0, int64_t col0, double* g,
-                           int64_t ldg, const GramEpilogue* epilogue) {
-  // A float tile is widened here: each tile's sum goes into the float64 state.
-  if (epilogue == nullptr) {
-    for (int64_t i = 0; i < nr; ++i) {
-      double* grow = g + (row0 + i) * ldg + col0;
-      for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(tile[j * rows + i]);
-    }
-    return;
-  }
-  const double* __restrict dl = epilogue->delta;
-  const double* __restrict dd = epilogue->d;
-  for (int64_t i = 0; i < nr; ++i) {
-    const int64_t gi = row0 + i;
-    double* grow = g + gi * ldg + col0;
-    const double wi = epilogue->w * dl[gi], ki = epilogue->k * dd[gi];
-    for (int64_t j = std::max<int64_t>(0, gi - col0); j < nc; ++j) {
-      const int64_t gj = col0 + j;
-      const double val = grow[j] + static_cast<double>(tile[j * rows + i]) + (wi * dl[gj] - ki * dd[gj]);
-      grow[j] = val;
-      g[gj * ldg + gi] = val;
-    }
-  }
-}
-
 // Adds a finished row-major sub-tile (tile[i * ld + j] is entry (row0 + i,
-// col0 + j)) into g, or finishes it with the epilogue, as store_sub_tile does.
-// Rows of the tile are rows of g, so the plain case is whole-vector adds.
+// col0 + j)) of nr x nc entries into g, or, with an epilogue, finishes those
+// entries on or above the diagonal and mirrors them (entries below it are left
+// to the mirror). Rows of the tile are rows of g, so the plain case is
+// whole-vector adds; a float tile is widened here, each tile's sum going into
+// the float64 state.
 template <typename P>
 inline void store_row_tile(const P* tile, int64_t ld, int64_t nr, int64_t nc, int64_t row0, int64_t col0, double* g,
                            int64_t ldg, const GramEpilogue* epilogue) {
@@ -197,46 +171,12 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
   const bool g_cold = c * c * static_cast<int64_t>(sizeof(double)) > kCachedGramBytes;
   const bool mirror = epilogue != nullptr;
 
-  // Row block bi against column block bj with kRows x kCols sub-tiles.
+  // Row block bi against column block bj. The vectors run along the columns
+  // of g and the row features are broadcast (Vec<P>::kRows columns by
+  // Vec<P>::kCols rows per sub-tile), so each accumulator holds part of one
+  // row of g and a sub-tile is added to g with whole-vector loads and stores;
+  // the transposed layout cost a scalar pass over every sub-tile.
   auto one_row_block = [&](int64_t bi, int64_t bj) {
-    const P* a_blk = panel + bi * stride_blk;
-    const int64_t col_end = std::min<int64_t>(c, (bj + 1) * kBlock);
-    for (int64_t col0 = bj * kBlock; col0 < col_end; col0 += kCols) {
-      const P* b_sub = panel + bj * stride_blk + (col0 - bj * kBlock);
-      const int64_t nc = std::min<int64_t>(kCols, c - col0);
-      for (int64_t r0 = 0; r0 < kBlock; r0 += kRows) {
-        const int64_t row0 = bi * kBlock + r0;
-        if (row0 >= c) break;
-        // On a diagonal block, skip work that lies wholly below the diagonal:
-        // whole sub-tiles, or the lower half of one when that half fills vectors.
-        if (bi == bj && row0 >= col0 + kCols) continue;
-        int64_t rows = kRows;
-        if constexpr (kHalfTiles) {
-          if (bi == bj && row0 + kHalfRows >= col0 + kCols) rows = kHalfRows;
-        }
-        const int64_t nr = std::min<int64_t>(rows, c - row0);
-        if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
-        const bool pf = prefetch != nullptr && prefetch->line != nullptr;
-        const P* a_sub = a_blk + r0;
-        constexpr int64_t rs = Vec<P>::kLanes;
-        if (kHalfTiles && rows == kHalfRows) {
-          pf ? sub_tile<P, kHalfTiles ? kHalfRows : kRows, kCols, true>(a_sub, rs, b_sub, kc, tile, prefetch)
-             : sub_tile<P, kHalfTiles ? kHalfRows : kRows, kCols, false>(a_sub, rs, b_sub, kc, tile, prefetch);
-        } else {
-          pf ? sub_tile<P, kRows, kCols, true>(a_sub, rs, b_sub, kc, tile, prefetch)
-             : sub_tile<P, kRows, kCols, false>(a_sub, rs, b_sub, kc, tile, prefetch);
-        }
-        store_sub_tile(tile, rows, nr, nc, row0, col0, g, ldg, epilogue);
-      }
-    }
-  };
-
-  // float64: the vectors run along the columns of g and the row features are
-  // broadcast, so each accumulator holds part of one row of g and a sub-tile
-  // is added to g with whole-vector loads and stores; the transposed layout
-  // cost a scalar pass over every sub-tile. Same register shape and
-  // diagonal waste as one_row_block, with rows and columns swapped.
-  auto one_row_block_by_rows = [&](int64_t bi, int64_t bj) {
     constexpr int kVecCols = kRows, kBcastRows = kCols, kHalfCols = kHalfRows;
     const int64_t col_begin = bj * kBlock;
     for (int64_t r0 = 0; r0 < kBlock; r0 += kBcastRows) {
@@ -278,10 +218,6 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
 
   for (int64_t t = 0; t < ntasks; ++t) {
     const int64_t bi = tasks[3 * t], bj = tasks[3 * t + 1], ncb = tasks[3 * t + 2];
-    if constexpr (std::is_same_v<P, double>) {
-      for (int64_t q = 0; q < ncb; ++q) one_row_block_by_rows(bi, bj + q);
-      continue;
-    }
 #ifdef DELVE_FAST_F32_PAIR_ROWS
     if constexpr (std::is_same_v<P, float>) {
       if (ncb == 2) {
