@@ -14,6 +14,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import fresh_state, np_mean_cov, samples_f64
 
 from delve_fast import ops
 from delve_fast._reference import as_channel_view
@@ -56,16 +57,15 @@ def test_random_cases_match_numpy(compiled, seed):  # noqa: ARG001 (fail if the 
             torch.set_num_threads(rng.choice([1, 2, 3, 4]))
             view = _draw_view(rng)
             c = view.shape[1]
-            rows = view.double().permute(0, 2, 1).reshape(-1, c).numpy()
+            rows = samples_f64(view)
             if rows.shape[0] < 2:
                 continue
             split = rng.randint(1, view.shape[0])
             parts = [p for p in (view[:split], view[split:]) if p.shape[0] > 0]
-            ref = np.cov(rows, rowvar=False, bias=True).reshape(c, c)
+            ref_mean, ref = np_mean_cov(rows)
             scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref))) + 1e-300
             for precision, limit in (("double", 1e-10), ("mixed", 1e-4)):
-                mean = torch.zeros(c, dtype=torch.float64)
-                m2 = torch.zeros(c, c, dtype=torch.float64)
+                mean, m2 = fresh_state(c)
                 count = 0
                 for part in parts:
                     ops.cov_update_(mean, m2, part, count, backend="cpp", precision=precision)
@@ -74,6 +74,6 @@ def test_random_cases_match_numpy(compiled, seed):  # noqa: ARG001 (fail if the 
                 err = float(np.max(np.abs((m2 / count).numpy() - ref) / scale))
                 assert err <= limit, f"{case}: relative error {err:.3g} > {limit}"
                 assert torch.equal(m2, m2.T), f"{case}: state not symmetric"
-                np.testing.assert_allclose(mean.numpy(), rows.mean(0), rtol=1e-9, atol=1e-9 * (1 + np.abs(rows).max()))
+                np.testing.assert_allclose(mean.numpy(), ref_mean, rtol=1e-9, atol=1e-9 * (1 + np.abs(rows).max()))
     finally:
         torch.set_num_threads(old_threads)
