@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fresh_state, np_mean_cov, samples_f64
 from torch import nn
 
 from delve_fast import ops, stats
@@ -18,13 +19,8 @@ from delve_fast._reference import as_channel_view
 BACKENDS = ["cpp", "torch"]
 
 
-def _state(c: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.zeros(c, dtype=torch.float64), torch.zeros(c, c, dtype=torch.float64)
-
-
 def _np_cov(batches: list[torch.Tensor]) -> np.ndarray:
-    rows = np.concatenate([b.double().permute(0, 2, 1).reshape(-1, b.shape[1]).numpy() for b in batches])
-    return np.cov(rows, rowvar=False, bias=True)
+    return np_mean_cov(np.concatenate([samples_f64(b) for b in batches]))[1]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -46,7 +42,7 @@ def test_mixed_within_documented_bound(compiled, backend, shape):  # noqa: ARG00
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(*shape, generator=gen) * 0.3 + 15.0 for _ in range(3)]
     c = shape[1]
-    mean, m2 = _state(c)
+    mean, m2 = fresh_state(c)
     count = 0
     for b in batches:
         ops.cov_update_(mean, m2, b, count, backend=backend, precision="mixed")
@@ -56,13 +52,13 @@ def test_mixed_within_documented_bound(compiled, backend, shape):  # noqa: ARG00
     scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref)))
     assert np.max(np.abs(got - ref) / scale) <= 1e-4
     # Far from float64 accuracy, so the test would notice a silent float64 fallback.
-    mean64, m264 = _state(c)
+    mean64, m264 = fresh_state(c)
     ops.cov_update_(mean64, m264, torch.cat(batches), 0, backend=backend)
     assert not torch.equal(m264, m2)
 
 
 def test_precision_argument_is_validated():
-    mean, m2 = _state(3)
+    mean, m2 = fresh_state(3)
     with pytest.raises(ValueError, match="precision='half'.*double, mixed"):
         ops.cov_update_(mean, m2, torch.randn(2, 3, 1), 0, precision="half")
 
@@ -74,7 +70,7 @@ def _track(model: nn.Module, batches: list[torch.Tensor], precision: str, backen
     def hook(name):
         def fn(_module, _inp, out):
             view = as_channel_view(out.detach())
-            mean, m2, count = states.setdefault(name, [*_state(view.shape[1]), 0])
+            mean, m2, count = states.setdefault(name, [*fresh_state(view.shape[1]), 0])
             ops.cov_update_(mean, m2, view, count, backend=backend, precision=precision)
             states[name][2] += view.shape[0] * view.shape[2]
 
