@@ -67,6 +67,73 @@ inline void prefetch_step(PrefetchCursor& cur) {
   }
 }
 
+using dvec = Vec<double>::type;
+typedef int64_t ivec __attribute__((vector_size(64)));
+typedef float fvec8 __attribute__((vector_size(32)));
+
+template <typename T>
+inline dvec load8_as_double(const T* p) {
+  if constexpr (std::is_same_v<T, double>) {
+    return load_vec(p);
+  } else if constexpr (std::is_same_v<T, float>) {
+#ifdef __AVX512F__
+    // GCC lowers __builtin_convertvector to two 4-wide conversions plus an
+    // insert; the intrinsic is one vcvtps2pd, and the packers are bound by
+    // the shuffle port these instructions use.
+    dvec v;
+    const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(p));
+    std::memcpy(&v, &d, sizeof(v));
+    return v;
+#else
+    fvec8 f;
+    std::memcpy(&f, p, sizeof(f));
+    return __builtin_convertvector(f, dvec);
+#endif
+  } else {
+    double tmp[8];
+    for (int i = 0; i < 8; ++i) tmp[i] = static_cast<double>(static_cast<float>(p[i]));
+    return load_vec(tmp);
+  }
+}
+
+template <typename P>
+inline void store8(P* dst, const dvec& v) {
+  if constexpr (std::is_same_v<P, double>) {
+    std::memcpy(dst, &v, sizeof(v));
+  } else {
+#ifdef __AVX512F__
+    __m512d d;
+    std::memcpy(&d, &v, sizeof(d));
+    _mm256_storeu_ps(dst, _mm512_cvtpd_ps(d));
+#else
+    const fvec8 f = __builtin_convertvector(v, fvec8);
+    std::memcpy(dst, &f, sizeof(f));
+#endif
+  }
+}
+
+// rows[i][j] = feature i, sample j  ->  rows[j][i] = sample j, feature i.
+inline void transpose8(dvec r[8]) {
+  const ivec lo1{0, 8, 2, 10, 4, 12, 6, 14}, hi1{1, 9, 3, 11, 5, 13, 7, 15};
+  const ivec lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
+  const ivec lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
+  dvec t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 2] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 1] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  }
+}
+
 // Gram accumulators up to this size are assumed to stay in L2 between tiles.
 constexpr int64_t kCachedGramBytes = 256 << 10;
 
@@ -116,6 +183,32 @@ inline void sub_tile(const P* __restrict a, int64_t rstride, const P* __restrict
     for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * kTileRows + r * V::kLanes, &acc[j][r], sizeof(vec));
 }
 
+// The vector form of store_row_tile's epilogue for a sub-tile of 8 whole rows
+// lying strictly above the diagonal (row0 + 8 <= col0) with nc a multiple of
+// 8: each 8 x 8 piece is finished row by row, transposed in registers and
+// written to the mirror as 8 runs, instead of 64 scalar stores into 8
+// different lines.
+template <typename P>
+inline void finish_and_mirror_rows8(const P* tile, int64_t ld, int64_t nc, int64_t row0, int64_t col0, double* g,
+                                    int64_t ldg, const GramEpilogue& e) {
+  dvec wi, ki;
+  for (int i = 0; i < 8; ++i) {
+    wi[i] = e.w * e.delta[row0 + i];
+    ki[i] = e.k * e.d[row0 + i];
+  }
+  for (int64_t j0 = 0; j0 < nc; j0 += 8) {
+    const dvec dlj = load_vec(e.delta + col0 + j0), ddj = load_vec(e.d + col0 + j0);
+    dvec r[8];
+    for (int i = 0; i < 8; ++i) {
+      double* grow = g + (row0 + i) * ldg + col0 + j0;
+      r[i] = (load_vec(grow) + load8_as_double(tile + i * ld + j0)) + (dlj * wi[i] - ddj * ki[i]);
+      std::memcpy(grow, &r[i], sizeof(dvec));
+    }
+    transpose8(r);
+    for (int j = 0; j < 8; ++j) std::memcpy(g + (col0 + j0 + j) * ldg + row0, &r[j], sizeof(dvec));
+  }
+}
+
 // Adds a finished row-major sub-tile (tile[i * ld + j] is entry (row0 + i,
 // col0 + j)) of nr x nc entries into g, or, with an epilogue, finishes those
 // entries on or above the diagonal and mirrors them (entries below it are left
@@ -131,6 +224,10 @@ inline void store_row_tile(const P* tile, int64_t ld, int64_t nr, int64_t nc, in
       const P* __restrict t = tile + i * ld;
       for (int64_t j = 0; j < nc; ++j) grow[j] += static_cast<double>(t[j]);
     }
+    return;
+  }
+  if (nr == 8 && nc % 8 == 0 && row0 + 8 <= col0) {
+    finish_and_mirror_rows8(tile, ld, nc, row0, col0, g, ldg, *epilogue);
     return;
   }
   const double* __restrict dl = epilogue->delta;
@@ -253,77 +350,6 @@ template void DELVE_FAST_GRAM_FN<double>(const double*, int64_t, int64_t, int64_
                                          int64_t, PrefetchCursor*, const GramEpilogue*);
 template void DELVE_FAST_GRAM_FN<float>(const float*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*,
                                         int64_t, PrefetchCursor*, const GramEpilogue*);
-
-namespace {
-
-using dvec = Vec<double>::type;
-typedef int64_t ivec __attribute__((vector_size(64)));
-typedef float fvec8 __attribute__((vector_size(32)));
-
-template <typename T>
-inline dvec load8_as_double(const T* p) {
-  if constexpr (std::is_same_v<T, double>) {
-    return load_vec(p);
-  } else if constexpr (std::is_same_v<T, float>) {
-#ifdef __AVX512F__
-    // GCC lowers __builtin_convertvector to two 4-wide conversions plus an
-    // insert; the intrinsic is one vcvtps2pd, and the packers are bound by
-    // the shuffle port these instructions use.
-    dvec v;
-    const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(p));
-    std::memcpy(&v, &d, sizeof(v));
-    return v;
-#else
-    fvec8 f;
-    std::memcpy(&f, p, sizeof(f));
-    return __builtin_convertvector(f, dvec);
-#endif
-  } else {
-    double tmp[8];
-    for (int i = 0; i < 8; ++i) tmp[i] = static_cast<double>(static_cast<float>(p[i]));
-    return load_vec(tmp);
-  }
-}
-
-template <typename P>
-inline void store8(P* dst, const dvec& v) {
-  if constexpr (std::is_same_v<P, double>) {
-    std::memcpy(dst, &v, sizeof(v));
-  } else {
-#ifdef __AVX512F__
-    __m512d d;
-    std::memcpy(&d, &v, sizeof(d));
-    _mm256_storeu_ps(dst, _mm512_cvtpd_ps(d));
-#else
-    const fvec8 f = __builtin_convertvector(v, fvec8);
-    std::memcpy(dst, &f, sizeof(f));
-#endif
-  }
-}
-
-// rows[i][j] = feature i, sample j  ->  rows[j][i] = sample j, feature i.
-inline void transpose8(dvec r[8]) {
-  const ivec lo1{0, 8, 2, 10, 4, 12, 6, 14}, hi1{1, 9, 3, 11, 5, 13, 7, 15};
-  const ivec lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
-  const ivec lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
-  dvec t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
-    u[i + 2] = __builtin_shuffle(t[i], t[i + 2], hi2);
-    u[i + 1] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
-    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
-    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
-  }
-}
-
-}  // namespace
 
 template <typename T, typename P>
 void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
