@@ -206,36 +206,84 @@ def make_gemm_fn(n: int = GEMM_N) -> tuple[Callable[[], object], int]:
     return gemm, 2 * n**3
 
 
-def interleaved_times(
+@dataclass
+class Turns:
+    """Per-round timings of several callables run in interleaved turns (seconds per call, per name)."""
+
+    #: The first call of each turn, made right after a *different* callable ran (caches, TLB and clocks in
+    #: whatever state that one left them).
+    first: dict[str, list[float]]
+    #: The mean of the calls that follow it in the same turn (empty lists when ``steady_calls`` was 0): the
+    #: callable's steady state, the same state in which the large GEMM of the roofline is measured.
+    steady: dict[str, list[float]]
+
+
+def interleaved_turns(
     fns: dict[str, Callable[[], object]],
     budget_s: float = 4.0,
     min_rounds: int = 5,
     max_rounds: int = 200,
-) -> dict[str, list[float]]:
-    """Time several callables in interleaved rounds; seconds per call, per name.
+    steady_calls: int = 0,
+) -> Turns:
+    """Time several callables in interleaved rounds.
 
-    Each round calls every function once, in an order rotated every round, so
-    all of them see the same load of a shared, noisy machine: their ratios are
-    far steadier than those of back-to-back runs. Each function is warmed up
-    twice first; the number of rounds fits ``budget_s`` within the bounds.
+    Each round gives every callable one turn, in an order rotated every round,
+    so all of them see the same load of a shared, noisy machine: their ratios
+    are far steadier than those of back-to-back runs. A turn is one call timed
+    on its own, then ``steady_calls`` more calls whose mean is the turn's
+    steady time. Each callable is warmed up twice first; the number of rounds
+    fits ``budget_s`` within the bounds.
+
+    Parameters
+    ----------
+    fns : dict of str to callable
+        The no-argument callables to time, by name.
+    budget_s : float
+        Rough wall-clock budget of all rounds together.
+    min_rounds, max_rounds : int
+        Bounds on the number of rounds.
+    steady_calls : int
+        Calls after the first one in each turn (0: first calls only).
+
+    Returns
+    -------
+    Turns
+        One first-call time and one steady time (if asked for) per round and callable.
     """
+    if steady_calls < 0:
+        raise ValueError(f"steady_calls must be >= 0, got {steady_calls}")
     names = list(fns)
     per_round = 0.0
     for name in names:
         fns[name]()
         t0 = time.perf_counter()
         fns[name]()
-        per_round += time.perf_counter() - t0
+        per_round += (time.perf_counter() - t0) * (1 + steady_calls)
     rounds = int(min(max(budget_s / max(per_round, 1e-9), min_rounds), max_rounds))
-    times: dict[str, list[float]] = {name: [] for name in names}
+    out = Turns({name: [] for name in names}, {name: [] for name in names})
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             fn = fns[name]
             t0 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+            out.first[name].append(time.perf_counter() - t0)
+            if steady_calls:
+                t0 = time.perf_counter()
+                for _ in range(steady_calls):
+                    fn()
+                out.steady[name].append((time.perf_counter() - t0) / steady_calls)
+    return out
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    budget_s: float = 4.0,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+) -> dict[str, list[float]]:
+    """Seconds per call, per name, of one call per turn (:func:`interleaved_turns` without steady calls)."""
+    return interleaved_turns(fns, budget_s, min_rounds, max_rounds).first
 
 
 # --------------------------------------------------------------------------- reduction
