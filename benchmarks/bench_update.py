@@ -32,6 +32,9 @@ from benchmarks.common import (
 BUDGET_S = float(os.environ.get("DELVE_FAST_BENCH_UPDATE_BUDGET_S", "6"))
 #: Calls after the first one in every turn; their mean is the turn's steady time.
 STEADY_CALLS = 2
+#: Side of the control GEMM: a torch.mm about as long as one update, timed like the paths, which shows
+#: what a first call after another op costs MKL's own kernel on this machine.
+CONTROL_N = 512
 
 
 def _available_paths() -> tuple[list[str], dict[str, str]]:
@@ -57,6 +60,7 @@ def test_update(benchmark, case):
     fns = {path: make_update_fn(path, x, case.kind) for path in paths}
     gemm, gemm_flops = make_gemm_fn()
     fns["gemm"] = gemm
+    fns["control_gemm"] = make_gemm_fn(CONTROL_N)[0]
     turns = []
 
     def run() -> None:
@@ -71,6 +75,7 @@ def test_update(benchmark, case):
             "flops": case.syrk_flops,
             "gemm_n": GEMM_N,
             "gemm_flops": gemm_flops,
+            "control_n": CONTROL_N,
             "steady_calls": STEADY_CALLS,
             "median_s": {k: statistics.median(v) for k, v in turns[0].steady.items()},
             "times_s": turns[0].steady,

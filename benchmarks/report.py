@@ -62,6 +62,7 @@ class Results:
         self.update_first: dict[str, dict[str, float]] = {}
         self.update_first_times: dict[str, dict[str, list[float]]] = {}
         self.steady_calls = 0
+        self.control_n: int | None = None
         self.update_gemm_flops: int | None = None
         self.reduction_match: bool | None = None
         self.reduction_err: float | None = None
@@ -75,6 +76,8 @@ class Results:
             if kind == "update":
                 meds = dict(info["median_s"])
                 gemm = meds.pop("gemm", None)
+                meds.pop("control_gemm", None)
+                self.control_n = info.get("control_n")
                 self.update[info["case"]] = meds
                 self.update_times[info["case"]] = info.get("times_s", {})
                 if "first_times_s" in info:
@@ -157,7 +160,20 @@ class Results:
                 costs.append(first / steady - 1)
         if not costs:
             return ""
-        return f": in this run that cost the compiled op {min(costs):+.0%} to {max(costs):+.0%} at the conv shapes"
+        text = f": in this run that cost the compiled op {min(costs):+.0%} to {max(costs):+.0%} at the conv shapes"
+        control = []
+        for c in UPDATE_CASES:
+            first = self.update_first.get(c.id, {}).get("control_gemm")
+            steady = statistics.median(self.update_times.get(c.id, {}).get("control_gemm") or [0.0])
+            if c.is_conv and first and steady:
+                control.append(first / steady - 1)
+        if control:
+            text += (
+                f"; for comparison, MKL's own {self.control_n}² fp64 `torch.mm` (about as long as one update), "
+                f"timed the same way in the same rounds, paid {min(control):+.0%} to {max(control):+.0%} on its "
+                "first calls"
+            )
+        return text
 
     def gemm_rate_range(self) -> tuple[float, float] | None:
         """Lowest and highest per-call fp64 GEMM rate seen during the update benchmarks."""
