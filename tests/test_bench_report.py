@@ -1,0 +1,117 @@
+"""The benchmark report's arithmetic and verdicts, on a synthetic run.
+
+``make bench`` is not part of the suite (timings are not asserted), but the
+report turns its JSON into the issue's verdicts, so the formulas are checked
+here on made-up timings whose expected figures are worked out by hand below.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from benchmarks.common import CASES_BY_ID, GEMM_N, TARGETS, interleaved_turns
+from benchmarks.report import Results, render_markdown
+
+CASE = "conv-64x64x32x32"
+GEMM_FLOPS = 2 * GEMM_N**3
+
+
+def _update_entry(steady: dict[str, list[float]], first: dict[str, list[float]] | None) -> dict:
+    info = {
+        "bench": "update",
+        "case": CASE,
+        "flops": CASES_BY_ID[CASE].syrk_flops,
+        "gemm_n": GEMM_N,
+        "gemm_flops": GEMM_FLOPS,
+        "median_s": {k: statistics.median(v) for k, v in steady.items()},
+        "times_s": steady,
+        "skipped": {},
+    }
+    if first is not None:
+        info.update(
+            {
+                "steady_calls": 2,
+                "control_n": 512,
+                "first_median_s": {k: statistics.median(v) for k, v in first.items()},
+                "first_times_s": first,
+            }
+        )
+    return {"name": f"test_update[{CASE}]", "stats": {"median": 1.0}, "extra_info": info}
+
+
+def _run(steady, first=None) -> Results:
+    return Results({"benchmarks": [_update_entry(steady, first)], "datetime": "synthetic"})
+
+
+# Three rounds. The GEMM runs at 200, 100 and 200 GFLOP/s; the compiled op
+# tracks the host's speed, so every round gives the same ratios.
+GEMM_T = [GEMM_FLOPS / 200e9, GEMM_FLOPS / 100e9, GEMM_FLOPS / 200e9]
+ROOF_T = [CASES_BY_ID[CASE].syrk_flops / (GEMM_FLOPS / t) for t in GEMM_T]  # roofline seconds per round
+STEADY = {
+    "gemm": GEMM_T,
+    "compiled": [r / 0.7 for r in ROOF_T],  # 0.7 of roofline in every round
+    "delve": [5 * r / 0.7 for r in ROOF_T],  # 5x slower than compiled
+    "control_gemm": [1e-3, 2e-3, 1e-3],
+}
+FIRST = {
+    # The GEMM's first calls are slower; the first-call fraction must still use the steady GEMM.
+    "gemm": [1.1 * t for t in GEMM_T],
+    "compiled": [r / 0.5 for r in ROOF_T],  # first calls at 0.5 of the steady GEMM's roofline
+    "delve": [5 * r / 0.7 for r in ROOF_T],
+    "control_gemm": [1.25e-3, 2.5e-3, 1.25e-3],  # +25 %
+}
+
+
+def test_roofline_fraction_and_speedup_from_per_round_ratios():
+    r = _run(STEADY, FIRST)
+    assert r.roofline_fraction(CASE) == pytest.approx(0.7)
+    assert r.roofline_fraction(CASE, first=True) == pytest.approx(0.5)
+    assert r.speedup(CASE) == pytest.approx(5.0)
+    # The row's GEMM rate is the median of the steady calls: 200 GFLOP/s.
+    assert r.rate(CASE) == pytest.approx(200e9)
+
+
+def test_targets_judge_steady_state_and_report_first_calls():
+    r = _run(STEADY, FIRST)
+    rows = {name: (measured, ok) for name, measured, ok in r.targets()}
+    steady_row = next(k for k in rows if "of roofline" in k and "steady state" in k)
+    first_row = next(k for k in rows if k.startswith("the same, first call"))
+    assert rows[steady_row] == ("lowest: 0.70 at conv (64×64×32×32)", 0.7 >= TARGETS["roofline_fraction_conv_min"])
+    assert rows[first_row] == ("lowest: 0.50 at conv (64×64×32×32)", 0.5 >= TARGETS["roofline_fraction_conv_min"])
+    assert rows[steady_row][1] is True and rows[first_row][1] is False
+
+
+def test_first_call_costs_are_stated_in_the_report():
+    text = render_markdown(_run(STEADY, FIRST), None)
+    # compiled: 0.7 / 0.5 - 1 = +40 %; control GEMM: +25 % in every round.
+    assert "+40% to +40%" in text
+    assert "paid +25% to +25%" in text
+    assert "| 0.70 |" in text and "| 0.50 |" in text
+
+
+def test_runs_without_first_calls_keep_the_old_single_verdict():
+    r = _run(STEADY)
+    names = [name for name, _, _ in r.targets()]
+    assert not any(n.startswith("the same, first call") for n in names)
+    assert r.roofline_fraction(CASE, first=True) is None
+    assert r.roofline_fraction(CASE) == pytest.approx(0.7)
+
+
+def test_interleaved_turns_counts_every_call():
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+
+        return fn
+
+    turns = interleaved_turns({n: make(n) for n in calls}, budget_s=0.0, min_rounds=4, max_rounds=4, steady_calls=3)
+    assert [len(turns.first[n]) for n in calls] == [4, 4]
+    assert [len(turns.steady[n]) for n in calls] == [4, 4]
+    # Two warm-up calls, then 4 rounds of 1 first call and 3 steady calls.
+    assert calls == {"a": 2 + 4 * 4, "b": 2 + 4 * 4}
+    with pytest.raises(ValueError, match="steady_calls must be >= 0, got -1"):
+        interleaved_turns({"a": make("a")}, steady_calls=-1)
