@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.common import delve_fast_tracker_available, run_training_overhead, tracker_accepts
 
-ROUNDS = int(os.environ.get("DELVE_FAST_BENCH_TRAIN_ROUNDS", "20"))
+ROUNDS = int(os.environ.get("DELVE_FAST_BENCH_TRAIN_ROUNDS", "40"))
 
 
 def _variants() -> list[str]:
