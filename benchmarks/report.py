@@ -107,16 +107,8 @@ class Results:
         rate = self.rate(case_id)
         return CASES_BY_ID[case_id].syrk_flops / rate if rate else None
 
-    def _paired(self, case_id: str, num: str, den: str, first: bool = False) -> float | None:
-        """Median over rounds of t_num / t_den, both timed in the same round (robust to speed changes).
-
-        ``first`` takes the first call of each turn instead of the steady calls.
-        """
-        if first:
-            t = self.update_first_times.get(case_id, {})
-            if num in t and den in t and len(t[num]) == len(t[den]) and t[num]:
-                return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
-            return None
+    def _paired(self, case_id: str, num: str, den: str) -> float | None:
+        """Median over rounds of t_num / t_den, both timed in the same round (robust to speed changes)."""
         t = self.update_times.get(case_id, {})
         if num in t and den in t and len(t[num]) == len(t[den]) and t[num]:
             return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
@@ -150,23 +142,23 @@ class Results:
             return roof / row[path]
         return None
 
-    def first_call_cost_text(self) -> str:
-        """How much slower the compiled op's first call was than its steady calls, over the conv shapes."""
+    def _first_call_costs(self, path: str) -> list[float]:
+        """first / steady - 1 of ``path``'s median call times, one per conv shape that has both."""
         costs = []
         for c in UPDATE_CASES:
-            first = self.update_first.get(c.id, {}).get("compiled")
-            steady = self.update.get(c.id, {}).get("compiled")
+            first = self.update_first.get(c.id, {}).get(path)
+            steady = self.update_times.get(c.id, {}).get(path)
             if c.is_conv and first and steady:
-                costs.append(first / steady - 1)
+                costs.append(first / statistics.median(steady) - 1)
+        return costs
+
+    def first_call_cost_text(self) -> str:
+        """How much slower the compiled op's (and the control GEMM's) first call was than its steady calls."""
+        costs = self._first_call_costs("compiled")
         if not costs:
             return ""
         text = f": in this run that cost the compiled op {min(costs):+.0%} to {max(costs):+.0%} at the conv shapes"
-        control = []
-        for c in UPDATE_CASES:
-            first = self.update_first.get(c.id, {}).get("control_gemm")
-            steady = statistics.median(self.update_times.get(c.id, {}).get("control_gemm") or [0.0])
-            if c.is_conv and first and steady:
-                control.append(first / steady - 1)
+        control = self._first_call_costs("control_gemm")
         if control:
             text += (
                 f"; for comparison, MKL's own {self.control_n}² fp64 `torch.mm` (about as long as one update), "
@@ -244,30 +236,26 @@ class Results:
             )
         else:
             out.append(("update op never slower than delve at any listed shape", "not measured", None))
-        fracs = {c.id: self.roofline_fraction(c.id) for c in UPDATE_CASES if c.is_conv}
-        fracs = {k: v for k, v in fracs.items() if v is not None}
         steady = " in steady state" if self.update_first_times else ""
-        if fracs:
-            worst = min(fracs, key=fracs.get)
-            out.append(
-                (
-                    f"update op ≥ {t['roofline_fraction_conv_min']} of roofline at every conv shape (incl. "
-                    f"channels_last){steady}",
-                    f"lowest: {fracs[worst]:.2f} at {CASES_BY_ID[worst].label}",
-                    fracs[worst] >= t["roofline_fraction_conv_min"],
+        for name, first in (
+            (
+                f"update op ≥ {t['roofline_fraction_conv_min']} of roofline at every conv shape (incl. "
+                f"channels_last){steady}",
+                False,
+            ),
+            ("the same, first call after another path (a stricter reading of the target)", True),
+        ):
+            fracs = {c.id: self.roofline_fraction(c.id, first=first) for c in UPDATE_CASES if c.is_conv}
+            fracs = {k: v for k, v in fracs.items() if v is not None}
+            if fracs:
+                worst = min(fracs, key=fracs.get)
+                out.append(
+                    (
+                        name,
+                        f"lowest: {fracs[worst]:.2f} at {CASES_BY_ID[worst].label}",
+                        fracs[worst] >= t["roofline_fraction_conv_min"],
+                    )
                 )
-            )
-        firsts = {c.id: self.roofline_fraction(c.id, first=True) for c in UPDATE_CASES if c.is_conv}
-        firsts = {k: v for k, v in firsts.items() if v is not None}
-        if firsts:
-            worst = min(firsts, key=firsts.get)
-            out.append(
-                (
-                    "the same, first call after another path (a stricter reading of the target)",
-                    f"lowest: {firsts[worst]:.2f} at {CASES_BY_ID[worst].label}",
-                    firsts[worst] >= t["roofline_fraction_conv_min"],
-                )
-            )
         r = self.reduction_speedup()
         out.append(
             (
