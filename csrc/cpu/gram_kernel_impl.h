@@ -78,8 +78,7 @@ inline dvec load8_as_double(const T* p) {
   } else if constexpr (std::is_same_v<T, float>) {
 #ifdef __AVX512F__
     // GCC lowers __builtin_convertvector to two 4-wide conversions plus an
-    // insert; the intrinsic is one vcvtps2pd, and the packers are bound by
-    // the shuffle port these instructions use.
+    // insert; the intrinsic is one vcvtps2pd.
     dvec v;
     const __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(p));
     std::memcpy(&v, &d, sizeof(v));
