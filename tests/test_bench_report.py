@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from benchmarks.common import CASES_BY_ID, GEMM_N, TARGETS, interleaved_turns
+from benchmarks.common import CASES_BY_ID, GEMM_N, TARGETS, interleaved_turns, overhead_interval
 from benchmarks.report import Results, render_markdown
 
 CASE = "conv-64x64x32x32"
@@ -115,3 +115,64 @@ def test_interleaved_turns_counts_every_call():
     assert calls == {"a": 2 + 4 * 4, "b": 2 + 4 * 4}
     with pytest.raises(ValueError, match="steady_calls must be >= 0, got -1"):
         interleaved_turns({"a": make("a")}, steady_calls=-1)
+
+
+# Step times of 60 rounds: the host drifts from 200 to 259 ms, and the tracked
+# model is always exactly 4 % slower than the untracked one in the same round.
+NONE_MS = [200.0 + r for r in range(60)]
+TRACKED_MS = [1.04 * t for t in NONE_MS]
+
+
+def test_overhead_interval_of_a_constant_ratio_is_that_ratio():
+    # Every resample keeps each round's pair, so both medians scale by 1.04.
+    lo, hi = overhead_interval(TRACKED_MS, NONE_MS)
+    assert lo == pytest.approx(0.04) and hi == pytest.approx(0.04)
+
+
+def test_overhead_interval_widens_with_noise_and_covers_the_estimate():
+    # Alternate +/-10 ms of noise on the tracked steps: medians then move
+    # between resamples, but never by more than the noise (10 / 200 = 5 %).
+    noisy = [t + (10.0 if r % 2 else -10.0) for r, t in enumerate(TRACKED_MS)]
+    lo, hi = overhead_interval(noisy, NONE_MS, level=0.9, resamples=500, seed=3)
+    point = statistics.median(noisy) / statistics.median(NONE_MS) - 1.0
+    assert lo < point < hi
+    assert 0.04 - 0.05 <= lo and hi <= 0.04 + 0.05
+
+
+def test_overhead_interval_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="got 2 and 3"):
+        overhead_interval([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="level must lie in"):
+        overhead_interval([1.0], [1.0], level=1.0)
+    with pytest.raises(ValueError, match="resamples must be at least 1, got 0"):
+        overhead_interval([1.0], [1.0], resamples=0)
+
+
+def _training_entry(interval: bool) -> dict:
+    times = {"none": NONE_MS, "fast_mixed": TRACKED_MS}
+    info = {
+        "bench": "training",
+        "variants": ["fast_mixed"],
+        "rounds": len(NONE_MS),
+        "batch": 64,
+        "step_ms": times,
+        "median_ms": {v: statistics.median(t) for v, t in times.items()},
+        "overhead": {"fast_mixed": 0.04},
+        "overhead_paired": {"fast_mixed": 0.04},
+        "add_saturations_ms": {},
+        "epoch_steps": 782,
+    }
+    if interval:
+        info["overhead_interval_95"] = {"fast_mixed": [0.031, 0.062]}
+    return {"name": "test_training_overhead", "stats": {"median": 1.0}, "extra_info": info}
+
+
+def test_training_verdict_states_the_interval():
+    r = Results({"benchmarks": [_training_entry(True)], "datetime": "synthetic"})
+    rows = {name: (measured, ok) for name, measured, ok in r.targets()}
+    mixed = next(k for k in rows if "precision='mixed'" in k)
+    assert rows[mixed] == ("+4.0% (95% interval +3.1% to +6.2%)", 0.04 <= TARGETS["train_overhead_mixed_max"])
+    assert "| +4.0% | +3.1% to +6.2% | +4.0% |" in render_markdown(r, None)
+    # A run saved before intervals were measured still renders, without one.
+    old = Results({"benchmarks": [_training_entry(False)], "datetime": "synthetic"})
+    assert dict((n, m) for n, m, _ in old.targets())[mixed] == "+4.0%"
