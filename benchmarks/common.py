@@ -543,9 +543,7 @@ def run_training_overhead(
             for v in all_variants
             if v != "none"
         },
-        "overhead_interval_95": {
-            v: overhead_interval(times[v], times["none"]) for v in all_variants if v != "none"
-        },
+        "overhead_interval_95": {v: overhead_interval(times[v], times["none"]) for v in all_variants if v != "none"},
         "add_saturations_ms": sat_ms,
         "epoch_steps": EPOCH_STEPS,
     }
