@@ -17,7 +17,9 @@ from benchmarks.common import RESULTS_JSON, THREADS, machine_info
 
 
 def pytest_collect_file(parent, file_path):
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    # A file named on the command line is collected by pytest itself whatever
+    # its name; collecting it here too would run every benchmark in it twice.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
