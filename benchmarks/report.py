@@ -46,7 +46,7 @@ def _interval_cell(iv: list[float] | None) -> str:
 def _interval_text(training: dict, variant: str) -> str:
     """`` (95% interval a to b)`` for a training variant, or nothing for runs that predate it."""
     iv = training.get("overhead_interval_95", {}).get(variant)
-    return "" if iv is None else f" (95% interval {iv[0]:+.1%} to {iv[1]:+.1%})"
+    return "" if iv is None else f" (95% interval {_interval_cell(iv)})"
 
 
 def _x(ratio: float | None) -> str:

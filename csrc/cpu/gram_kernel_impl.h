@@ -182,6 +182,16 @@ inline void sub_tile(const P* __restrict a, int64_t rstride, const P* __restrict
     for (int r = 0; r < kRowVecs; ++r) std::memcpy(out + j * kTileRows + r * V::kLanes, &acc[j][r], sizeof(vec));
 }
 
+// sub_tile with prefetching while the cursor still has lines, without it after.
+template <typename P, int kTileRows, int kTileCols>
+inline void run_sub_tile(const P* a, int64_t rstride, const P* b, int64_t kc, P* out, PrefetchCursor* pf) {
+  if (pf != nullptr && pf->line != nullptr) {
+    sub_tile<P, kTileRows, kTileCols, true>(a, rstride, b, kc, out, pf);
+  } else {
+    sub_tile<P, kTileRows, kTileCols, false>(a, rstride, b, kc, out, pf);
+  }
+}
+
 // The vector form of store_row_tile's epilogue for a sub-tile of 8 whole rows
 // lying strictly above the diagonal (row0 + 8 <= col0) with nc a multiple of
 // 8: each 8 x 8 piece is finished row by row, transposed in registers and
@@ -296,16 +306,13 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
         const int64_t ncols = half ? kHalfCols : kVecCols;
         const int64_t nc = std::min<int64_t>(ncols, c - col0);
         if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
-        const bool pf = prefetch != nullptr && prefetch->line != nullptr;
         const P* a_sub = panel + bj * stride_blk + (col0 - col_begin);
         constexpr int64_t rs = Vec<P>::kLanes;
         if (kHalfTiles && half) {
           constexpr int kH = kHalfTiles ? kHalfCols : kVecCols;
-          pf ? sub_tile<P, kH, kBcastRows, true>(a_sub, rs, b_sub, kc, tile, prefetch)
-             : sub_tile<P, kH, kBcastRows, false>(a_sub, rs, b_sub, kc, tile, prefetch);
+          run_sub_tile<P, kH, kBcastRows>(a_sub, rs, b_sub, kc, tile, prefetch);
         } else {
-          pf ? sub_tile<P, kVecCols, kBcastRows, true>(a_sub, rs, b_sub, kc, tile, prefetch)
-             : sub_tile<P, kVecCols, kBcastRows, false>(a_sub, rs, b_sub, kc, tile, prefetch);
+          run_sub_tile<P, kVecCols, kBcastRows>(a_sub, rs, b_sub, kc, tile, prefetch);
         }
         store_row_tile(tile, ncols, nr, nc, row0, col0, g, ldg, epilogue);
       }
@@ -332,9 +339,7 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
           const int64_t nr = std::min<int64_t>(kPairRows, c - row0);
           const P* b_rows = panel + bi * stride_blk + r0;
           if (g_cold) prefetch_sub_tile(g, ldg, row0, nr, col0, nc, mirror);
-          const bool pf = prefetch != nullptr && prefetch->line != nullptr;
-          pf ? sub_tile<P, 2 * kBlock, kPairRows, true>(a_cols, stride_blk, b_rows, kc, tile, prefetch)
-             : sub_tile<P, 2 * kBlock, kPairRows, false>(a_cols, stride_blk, b_rows, kc, tile, prefetch);
+          run_sub_tile<P, 2 * kBlock, kPairRows>(a_cols, stride_blk, b_rows, kc, tile, prefetch);
           store_row_tile(tile, 2 * kBlock, nr, nc, row0, col0, g, ldg, epilogue);
         }
         continue;
