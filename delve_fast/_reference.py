@@ -8,13 +8,25 @@ that the tests compare the compiled kernels against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 
 __all__ = ["cov_update_", "eigvalsh_desc", "as_channel_view"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Keep float32 matmuls in true float32 (TF32 would break the mixed-precision bound)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def as_channel_view(x: torch.Tensor) -> torch.Tensor:
@@ -107,11 +119,17 @@ def cov_update_(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: in
     a = a - batch_mean[:, None]
     total = count + k
     delta = batch_mean - mean
+    # Some BLAS builds (MKL on AMD, for one) do not return a bit-symmetric
+    # A @ A^T, so the product is symmetrised: p + p^T is exactly symmetric
+    # because float addition commutes, and the kernels' state is too. Mixed
+    # precision turns TF32 off so the float32 product keeps its documented bound.
     if mixed:
         af = a.to(torch.float32)
-        m2.add_((af @ af.t()).to(torch.float64))
+        with _no_tf32():
+            prod = (af @ af.t()).to(torch.float64)
     else:
-        m2.addmm_(a, a.t())
+        prod = a @ a.t()
+    m2.add_(prod.add_(prod.t().clone()), alpha=0.5)
     m2.add_(torch.outer(delta, delta), alpha=count * k / total)
     mean.add_(delta, alpha=k / total)
 
