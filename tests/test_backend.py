@@ -17,10 +17,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import fresh_state, np_mean_cov, samples_f64
 
 import delve_fast
 from delve_fast import _reference, ops
+from delve_fast.testing import fresh_state, np_mean_cov, samples_f64
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import fresh_state, np_mean_cov, samples_f64
 
 from delve_fast import ops
 from delve_fast._reference import as_channel_view
+from delve_fast.testing import fresh_state, np_mean_cov, samples_f64
 
 FEATURES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100, 127, 128, 129, 200, 255, 257, 300, 513]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

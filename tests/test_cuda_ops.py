@@ -23,10 +23,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import assert_cov_close, fresh_state, np_mean_cov, opcheck_batch, require_compiled_device, samples_f64
 
 from delve_fast import _reference, ops
 from delve_fast._reference import as_channel_view
+from delve_fast.testing import (
+    assert_cov_close,
+    fresh_state,
+    np_mean_cov,
+    opcheck_batch,
+    require_compiled_device,
+    samples_f64,
+)
 
 pytestmark = [
     pytest.mark.gpu,

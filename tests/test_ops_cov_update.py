@@ -21,10 +21,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    DEVICES,
+
+from delve_fast import _reference, ops
+from delve_fast._reference import as_channel_view
+from delve_fast.testing import (
     FLOAT_DTYPES,
     assert_cov_close,
+    devices,
     fresh_state,
     np_mean_cov,
     opcheck_batch,
@@ -32,8 +35,7 @@ from conftest import (
     samples_f64,
 )
 
-from delve_fast import _reference, ops
-from delve_fast._reference import as_channel_view
+DEVICES = devices()
 
 RTOL = 1e-9
 IMPLS = ["compiled", "twin"]

@@ -20,9 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, require_compiled_device
 
 from delve_fast import _reference, ops
+from delve_fast.testing import devices, require_compiled_device
+
+DEVICES = devices()
 
 DTYPES = [torch.float32, torch.float64]
 SIZES = [1, 2, 5, 16, 17, 33, 64, 150, 300]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fresh_state, np_mean_cov, samples_f64
 from torch import nn
 
 from delve_fast import ops, stats
 from delve_fast._reference import as_channel_view
+from delve_fast.testing import fresh_state, np_mean_cov, samples_f64
 
 BACKENDS = ["cpp", "torch"]
 

@@ -1,0 +1,112 @@
+"""Test helpers: NumPy float64 oracles, empty states and the device x dtype matrix.
+
+Importable as ``delve_fast.testing`` from any test layout (including
+``pytest --import-mode=importlib``), in the spirit of ``torch_scatter.testing``.
+Nothing here is imported by the library itself; ``pytest`` is imported only by
+:func:`devices`, which needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from delve_fast import _loader
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "DEVICE_TYPES",
+    "devices",
+    "require_compiled_device",
+    "fresh_state",
+    "samples_f64",
+    "np_mean_cov",
+    "assert_cov_close",
+    "opcheck_batch",
+]
+
+#: Every input dtype the covariance update accepts.
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+#: The device types the op tests run on (CUDA cases skip without a GPU).
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def devices() -> list[Any]:
+    """``pytest.param`` per device type; the CUDA one carries the ``gpu`` mark and skips without a GPU."""
+    import pytest
+
+    return [
+        pytest.param("cpu", id="cpu"),
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")],
+        ),
+    ]
+
+
+def require_compiled_device(device: str) -> None:
+    """Skip when the compiled extension has no kernel for ``device`` (e.g. a CPU-only build on a GPU box)."""
+    if device != "cpu" and not _loader.build_info().get(device, False):
+        import pytest
+
+        pytest.skip(f"extension built without {device} kernels")
+
+
+def fresh_state(c: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty covariance state: ``mean`` (C,) and ``m2`` (C, C), float64 zeros."""
+    return (
+        torch.zeros(c, dtype=torch.float64, device=device),
+        torch.zeros(c, c, dtype=torch.float64, device=device),
+    )
+
+
+def samples_f64(x: torch.Tensor) -> np.ndarray:
+    """The samples of an ``(N, C, S)`` batch as a ``(N*S, C)`` float64 NumPy array.
+
+    The upcast is exact for every float dtype, so an oracle built on this sees
+    the very values the op saw.
+    """
+    n, c, s = x.shape
+    return x.detach().cpu().to(torch.float64).permute(0, 2, 1).reshape(n * s, c).numpy()
+
+
+def np_mean_cov(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy float64 mean and population covariance (``np.cov(..., bias=True)``) of ``(K, C)`` samples."""
+    k, c = samples.shape
+    mean = samples.mean(axis=0)
+    cov = np.cov(samples, rowvar=False, bias=True) if k > 1 else np.zeros((c, c))
+    return mean, np.atleast_2d(cov).reshape(c, c)
+
+
+def assert_cov_close(actual: torch.Tensor, expected, rtol: float, msg: str = "") -> None:
+    """Compare covariance-like matrices entrywise with a scale-aware absolute tolerance.
+
+    Off-diagonal entries can be near zero while their rounding error scales
+    with ``sqrt(var_i * var_j)``, so the absolute tolerance is ``rtol`` times
+    the largest diagonal entry (plus a floor for an all-zero matrix).
+    """
+    expected = torch.as_tensor(np.asarray(expected), dtype=torch.float64)
+    actual = actual.detach().cpu().to(torch.float64)
+    scale = float(expected.diagonal().abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-300, msg=msg or None)
+
+
+def opcheck_batch(layout: str, gen: torch.Generator) -> torch.Tensor:
+    """A small (5, 19, S) float32 batch in one of three memory layouts, for opcheck.
+
+    ``contiguous`` is NCHW-like, ``transposed`` has unit stride along the
+    features, ``channels_last`` is the view of a channels_last 4-D map.
+    """
+    from delve_fast._reference import as_channel_view
+
+    if layout == "contiguous":
+        return torch.randn(5, 19, 4, generator=gen)
+    if layout == "transposed":
+        return torch.randn(5, 4, 19, generator=gen).transpose(1, 2)
+    if layout == "channels_last":
+        return as_channel_view(torch.randn(5, 19, 2, 3, generator=gen).contiguous(memory_format=torch.channels_last))
+    raise ValueError(f"unknown layout {layout!r}; choose contiguous, transposed or channels_last")
