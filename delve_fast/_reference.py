@@ -13,6 +13,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+# Re-exported for old imports; the view functions live in delve_fast.views.
+from delve_fast.views import as_channel_view
+
 __all__ = ["cov_update_", "eigvalsh_desc", "as_channel_view"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -27,40 +30,6 @@ def _no_tf32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def as_channel_view(x: torch.Tensor) -> torch.Tensor:
-    """Return ``x`` viewed as ``(N, C, S)`` without copying.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        A 1-D ``(C,)``, 2-D ``(N, C)`` or 3-D ``(N, C, S)`` tensor, or a
-        4-D ``(N, C, H, W)`` tensor in any memory format.
-
-    Returns
-    -------
-    torch.Tensor
-        A 3-D view ``(N, C, S)`` sharing storage with ``x``. For 4-D input
-        ``S = H * W``; the view exists whenever ``H`` and ``W`` can be merged,
-        which holds for both contiguous NCHW and channels_last.
-
-    Raises
-    ------
-    ValueError
-        If ``x`` has another rank.
-    """
-    if x.dim() == 1:
-        return x.unsqueeze(0).unsqueeze(-1)
-    if x.dim() == 2:
-        return x.unsqueeze(-1)
-    if x.dim() == 3:
-        return x
-    if x.dim() == 4:
-        # H and W merge into one stride for NCHW and channels_last alike, so
-        # flatten returns a view there; only exotic strides make it copy.
-        return x.flatten(2)
-    raise ValueError(f"expected a tensor of rank 1 to 4, got shape {tuple(x.shape)}")
 
 
 def _check_state(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> None:

@@ -1,4 +1,4 @@
-"""The float64 covariance state that every tracked layer keeps."""
+"""delve's ``TorchCovarianceMatrix`` on top of :class:`delve_fast.state.CovarianceState`."""
 
 from __future__ import annotations
 
@@ -7,23 +7,36 @@ import warnings
 import torch
 
 from delve_fast import ops
-from delve_fast._reference import as_channel_view
+from delve_fast.state import CovarianceState
+from delve_fast.views import as_channel_view
 
-__all__ = ["TorchCovarianceMatrix", "resolve_device"]
+__all__ = ["TorchCovarianceMatrix", "resolve_device", "DEFAULT_DEVICE"]
 
 DEFAULT_MAX_SAVED_SAMPLES = 4096
+
+
+class _DefaultDevice(str):
+    """delve's default ``device='cuda:0'``, told apart from a user's explicit ``'cuda:0'`` by its type."""
+
+    __slots__ = ()
+
+
+#: The documented default ``device``: equal to ``"cuda:0"``, but recognisably not passed by the user.
+DEFAULT_DEVICE: str = _DefaultDevice("cuda:0")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """Turn a user's ``device`` argument into a usable :class:`torch.device`.
 
     A CUDA device on a machine without CUDA falls back to the CPU with a
-    warning instead of failing later inside a forward hook.
+    warning instead of failing later inside a forward hook. The warning says
+    whether the device was the user's request or delve's default.
 
     Parameters
     ----------
     device : str, torch.device or None
-        ``None`` means CPU.
+        ``None`` means CPU; :data:`DEFAULT_DEVICE` is the default of the
+        tracker and of :class:`TorchCovarianceMatrix`.
 
     Returns
     -------
@@ -36,11 +49,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"invalid device {device!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"device {str(device)!r} was requested but CUDA is not available; delve_fast computes on the CPU",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        if isinstance(device, _DefaultDevice):
+            message = (
+                f"device {str(device)!r} (delve's default) is not available: CUDA is not available; "
+                "delve_fast computes on the CPU (pass device='cpu' to silence this warning)"
+            )
+        else:
+            message = f"device {str(device)!r} was requested but CUDA is not available; delve_fast computes on the CPU"
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
         return torch.device("cpu")
     return dev
 
@@ -52,6 +68,10 @@ class TorchCovarianceMatrix:
     from delve's documentation, but holds it as a running mean and a centred
     sum of outer products merged batch by batch, so a feature whose mean is far
     larger than its spread keeps all its digits.
+
+    The running statistics live in :attr:`state`, a
+    :class:`delve_fast.CovarianceState`, so two of these can be merged
+    (``a.state.merge(b.state)``) and checkpointed (``a.state.state_dict()``).
 
     Parameters
     ----------
@@ -75,7 +95,7 @@ class TorchCovarianceMatrix:
     def __init__(
         self,
         bias: bool = False,
-        device: str | torch.device = "cuda:0",
+        device: str | torch.device = DEFAULT_DEVICE,
         save_data: bool = False,
         *,
         backend: str | None = None,
@@ -90,34 +110,47 @@ class TorchCovarianceMatrix:
         if max_saved_samples < 0:
             raise ValueError(f"max_saved_samples must be >= 0, got {max_saved_samples}")
         self.max_saved_samples = int(max_saved_samples)
-        self.reset()
+        #: The running statistics, a :class:`delve_fast.CovarianceState` (mergeable, checkpointable).
+        self.state = CovarianceState(device=self.device, backend=backend, precision=self.precision)
+        self.saved_samples: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget every sample seen so far."""
-        self._tlen = 0
-        self._mean: torch.Tensor | None = None
-        self._m2: torch.Tensor | None = None
-        self.saved_samples: torch.Tensor | None = None
+        self.state.reset()
+        self.saved_samples = None
+
+    # delve's tracker and user code read these private names.
+    @property
+    def _tlen(self) -> int:
+        return self.state.count
+
+    @property
+    def _mean(self) -> torch.Tensor | None:
+        return self.state.mean
+
+    @property
+    def _m2(self) -> torch.Tensor | None:
+        return self.state.m2
 
     @property
     def is_initialized(self) -> bool:
-        """Whether any sample has been folded in since the last reset."""
-        return self._m2 is not None
+        """Whether any batch has been folded in since the last reset."""
+        return self.state.m2 is not None
 
     @property
     def _cov_mtx(self) -> torch.Tensor | None:
         # delve's tracker and user code test ``_cov_mtx is None`` for "empty".
-        return self._m2
+        return self.state.m2
 
     @property
     def n_samples(self) -> int:
         """Number of samples folded in since the last reset."""
-        return self._tlen
+        return self.state.count
 
     @property
     def dim(self) -> int | None:
         """Feature dimension, once known."""
-        return None if self._mean is None else int(self._mean.shape[0])
+        return self.state.n_features
 
     def update(self, x: torch.Tensor, vae: bool = False) -> None:
         """Fold a ``(n_samples, n_features)`` batch into the state.
@@ -146,19 +179,7 @@ class TorchCovarianceMatrix:
         """
         if x.dim() != 3:
             raise ValueError(f"update_view expects an (N, C, S) tensor, got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            x = x.to(torch.float64)
-        if x.device != self.device:
-            x = x.to(self.device, non_blocking=True)
-        c = x.shape[1]
-        if self._m2 is None:
-            self._mean = torch.zeros(c, dtype=torch.float64, device=self.device)
-            self._m2 = torch.zeros(c, c, dtype=torch.float64, device=self.device)
-        elif c != self._mean.shape[0]:
-            raise ValueError(f"batch has {c} features but the state was started with {self._mean.shape[0]}")
-        k = x.shape[0] * x.shape[2]
-        ops.cov_update_(self._mean, self._m2, x, self._tlen, backend=self.backend, precision=self.precision)
-        self._tlen += k
+        self.state.update(x)
         if self.save_data:
             self._store_samples(x)
 
@@ -166,13 +187,13 @@ class TorchCovarianceMatrix:
         room = self.max_saved_samples - (0 if self.saved_samples is None else self.saved_samples.shape[0])
         if room <= 0:
             return
-        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(torch.float64)
+        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(self.device, torch.float64)
         self.saved_samples = rows if self.saved_samples is None else torch.cat([self.saved_samples, rows])
 
     def mean(self) -> torch.Tensor:
         """Return the running mean, ``(C,)`` float64."""
         self._require_data()
-        return self._mean.clone()
+        return self.state.mean.clone()
 
     def fix(self, center: bool = True) -> torch.Tensor:
         """Return the covariance matrix (``center=True``) or the raw second moment.
@@ -194,11 +215,8 @@ class TorchCovarianceMatrix:
             If no sample has been seen since the last reset.
         """
         self._require_data()
-        cov = self._m2 / self._tlen
-        if not center:
-            cov = cov + torch.outer(self._mean, self._mean)
-        return cov
+        return self.state.covariance(center=center)
 
     def _require_data(self) -> None:
-        if self._m2 is None or self._tlen == 0:
+        if self.state.m2 is None or self.state.count == 0:
             raise RuntimeError("the covariance matrix has no samples yet; run a forward pass first")

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
+    "STATS",
+    "Stat",
+    "StatContext",
+    "spectra",
     "STATMAP",
     "MODES",
     "SUPPORTED_STATS",
@@ -36,25 +42,8 @@ __all__ = [
     "IDIM_RULES",
 ]
 
-#: Short stat keys (the ``stats=`` argument) mapped to the names used in CSV
-#: columns, npy folders and TensorBoard tags; identical to delve's.
-STATMAP: dict[str, str] = {
-    "idim": "intrinsic-dimensionality",
-    "lsat": "saturation",
-    "cov": "covariance-matrix",
-    "det": "covariance-determinant",
-    "trc": "covariance-trace",
-    "dtrc": "diagonal-trace",
-    "embed": "embedded-sample",
-    # delve_fast addition (opt-in): natural log of the covariance determinant.
-    "logdet": "covariance-log-determinant",
-}
-
 #: The two recording modes, from ``module.training`` at forward time.
 MODES: tuple[str, str] = ("train", "eval")
-
-#: Stat keys accepted by the tracker (each may carry a ``_train``/``_eval`` suffix).
-SUPPORTED_STATS: tuple[str, ...] = ("lsat", "idim", "cov", "det", "trc", "dtrc", "embed", "logdet")
 
 #: Shortfall beyond which the optional gap rule adds one direction (delve's PCA layers).
 IDIM_GAP = 0.02
@@ -306,3 +295,132 @@ def compute_saturation(cov: torch.Tensor, thresh: float = 0.99) -> float:
     float
     """
     return saturation(_eigvals_of(cov), thresh)
+
+
+# ------------------------------------------------------------ the stat table
+def _identity(cov: torch.Tensor) -> torch.Tensor:
+    return cov
+
+
+@dataclass(frozen=True)
+class StatContext:
+    """What a stat function may use for one layer and mode.
+
+    Attributes
+    ----------
+    eigenvalues : numpy.ndarray
+        Descending, clamped at 0, float64, on the host.
+    cov : torch.Tensor
+        ``(C, C)`` float64 covariance on the state's device, in the state's
+        feature order.
+    trace : float
+        Trace of ``cov`` (read from its diagonal).
+    state : Any
+        The layer's :class:`delve_fast.covariance.TorchCovarianceMatrix`
+        (``mean()``, ``saved_samples``).
+    threshold : float
+        ``sat_threshold``.
+    rule : str
+        ``idim_rule``.
+    mode, layer : str
+        ``"train"`` or ``"eval"``, and the layer's name.
+    to_delve_order : callable
+        Maps ``cov`` to delve's feature order (a permutation for a
+        channels_last ``flatten`` state, else the identity).
+    """
+
+    eigenvalues: np.ndarray
+    cov: torch.Tensor
+    trace: float
+    state: Any
+    threshold: float = 0.99
+    rule: str = "delve"
+    mode: str = "train"
+    layer: str = ""
+    to_delve_order: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity)
+
+    @property
+    def label(self) -> str:
+        """``"<mode> <layer>"``, for messages."""
+        return f"{self.mode} {self.layer}"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One entry of :data:`STATS`.
+
+    Attributes
+    ----------
+    name : str
+        Column / folder / tag name (delve's, e.g. ``saturation``).
+    fn : callable
+        ``fn(ctx: StatContext)``; returning None records nothing.
+    per_sample : bool
+        The value is an array of samples (``embed``), written to the samples
+        dict instead of the scalar values.
+    """
+
+    name: str
+    fn: Callable[[StatContext], Any]
+    per_sample: bool = False
+
+
+def _embed(ctx: StatContext) -> np.ndarray | None:
+    stored = ctx.state.saved_samples
+    if stored is None or stored.shape[0] == 0:
+        return None
+    _, vecs = torch.linalg.eigh(ctx.cov)
+    return embed(stored, ctx.state.mean(), vecs.flip(-1))
+
+
+#: Stat key (the ``stats=`` argument) -> :class:`Stat`. A new stat is one entry.
+STATS: dict[str, Stat] = {
+    "lsat": Stat("saturation", lambda c: saturation(c.eigenvalues, c.threshold, rule=c.rule)),
+    "idim": Stat("intrinsic-dimensionality", lambda c: intrinsic_dimensionality(c.eigenvalues, c.threshold, rule=c.rule)),
+    "cov": Stat("covariance-matrix", lambda c: c.to_delve_order(c.cov).cpu().numpy()),
+    "det": Stat("covariance-determinant", lambda c: determinant(c.eigenvalues, name=c.label)),
+    "trc": Stat("covariance-trace", lambda c: float(c.trace)),
+    "dtrc": Stat("diagonal-trace", lambda c: diagonal_trace(c.eigenvalues)),
+    "embed": Stat("embedded-sample", _embed, per_sample=True),
+    # delve_fast addition (opt-in): natural log of the covariance determinant.
+    "logdet": Stat("covariance-log-determinant", lambda c: log_determinant(c.eigenvalues)),
+}
+
+#: Short stat keys mapped to the names used in CSV columns, npy folders and
+#: TensorBoard tags; identical to delve's (``logdet`` is delve_fast's).
+STATMAP: dict[str, str] = {key: stat.name for key, stat in STATS.items()}
+
+#: Stat keys accepted by the tracker (each may carry a ``_train``/``_eval`` suffix).
+SUPPORTED_STATS: tuple[str, ...] = tuple(STATS)
+
+
+def spectra(covs: Sequence[torch.Tensor], backend: str | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Eigenvalues and traces of every covariance, with one batched solve and one host transfer.
+
+    Parameters
+    ----------
+    covs : sequence of torch.Tensor
+        Symmetric matrices on one device.
+    backend : str, optional
+        Passed to :func:`delve_fast.ops.eigvalsh_desc`.
+
+    Returns
+    -------
+    eigenvalues : list of numpy.ndarray
+        Per matrix, descending, clamped at 0.
+    traces : numpy.ndarray
+        Per matrix, from the diagonal.
+    """
+    from delve_fast import ops
+
+    covs = list(covs)
+    if not covs:
+        return [], np.zeros(0)
+    eigs = ops.eigvalsh_desc(covs, backend=backend)
+    flat = torch.cat([e.reshape(-1) for e in eigs] + [torch.stack([c.diagonal().sum() for c in covs])])
+    host = flat.to("cpu", torch.float64).numpy()
+    out, offset = [], 0
+    for e in eigs:
+        out.append(host[offset : offset + e.shape[0]])
+        offset += e.shape[0]
+    return out, host[offset:]
