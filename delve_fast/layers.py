@@ -200,6 +200,4 @@ def select_layers(
     if not isinstance(filtered, Mapping):
         raise TypeError(f"layer_filter must return a dict of name -> module, got {type(filtered).__name__}")
     ignored = set(ignore_layer_names)
-    return {
-        name: layer for name, layer in filtered.items() if name not in ignored and layer_kind(layer) is not None
-    }
+    return {name: layer for name, layer in filtered.items() if name not in ignored and layer_kind(layer) is not None}

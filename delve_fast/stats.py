@@ -27,6 +27,7 @@ __all__ = [
     "Stat",
     "StatContext",
     "spectra",
+    "compute",
     "STATMAP",
     "MODES",
     "SUPPORTED_STATS",
@@ -376,7 +377,9 @@ def _embed(ctx: StatContext) -> np.ndarray | None:
 #: Stat key (the ``stats=`` argument) -> :class:`Stat`. A new stat is one entry.
 STATS: dict[str, Stat] = {
     "lsat": Stat("saturation", lambda c: saturation(c.eigenvalues, c.threshold, rule=c.rule)),
-    "idim": Stat("intrinsic-dimensionality", lambda c: intrinsic_dimensionality(c.eigenvalues, c.threshold, rule=c.rule)),
+    "idim": Stat(
+        "intrinsic-dimensionality", lambda c: intrinsic_dimensionality(c.eigenvalues, c.threshold, rule=c.rule)
+    ),
     "cov": Stat("covariance-matrix", lambda c: c.to_delve_order(c.cov).cpu().numpy()),
     "det": Stat("covariance-determinant", lambda c: determinant(c.eigenvalues, name=c.label)),
     "trc": Stat("covariance-trace", lambda c: float(c.trace)),
@@ -424,3 +427,23 @@ def spectra(covs: Sequence[torch.Tensor], backend: str | None = None) -> tuple[l
         out.append(host[offset : offset + e.shape[0]])
         offset += e.shape[0]
     return out, host[offset:]
+
+
+def compute(ctx: StatContext, keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate the stats ``keys`` of :data:`STATS` for one layer and mode.
+
+    Returns
+    -------
+    values, samples : dict
+        Column name (``<mode>-<stat name>_<layer>``) to value, split into
+        scalar (and matrix) values and per-sample arrays (``embed``); a stat
+        whose function returns None is left out.
+    """
+    values: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    for key in keys:
+        stat = STATS[key]
+        value = stat.fn(ctx)
+        if value is not None:
+            (samples if stat.per_sample else values)[f"{ctx.mode}-{stat.name}_{ctx.layer}"] = value
+    return values, samples

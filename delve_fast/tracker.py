@@ -1,11 +1,12 @@
 """SaturationTracker: delve's documented tracker on delve_fast's ops.
 
-The forward hook only views each layer's output as an ``(N, C, S)`` batch and
-folds it into a float64 covariance state (:mod:`delve_fast.ops`); it never
+The tracker owns the lifecycle: it hooks the layers, keeps one covariance
+state per layer and mode, and hands the statistics to the writers. What it
+delegates lives in modules of its own: :mod:`delve_fast.layers` (which
+layers, their names), :mod:`delve_fast.views` (an output as an ``(N, C, S)``
+batch), :mod:`delve_fast.stats` (the statistics, one table) and
+:mod:`delve_fast.validation` (argument checks). The forward hook never
 synchronises a GPU, calls ``.item()`` or copies the activation to the host.
-:meth:`SaturationTracker.add_saturations` computes the eigenvalues of every
-tracked layer and mode in one batched call and derives all statistics from
-them.
 """
 
 from __future__ import annotations
@@ -13,62 +14,31 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.functional import interpolate
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from delve_fast import ops
+from delve_fast import layers as L
+from delve_fast import ops, views
 from delve_fast import stats as S
+from delve_fast import validation as V
 from delve_fast._loader import check_backend
-from delve_fast._reference import as_channel_view
-from delve_fast.covariance import DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
-from delve_fast.writers import WRITERS, AbstractWriter, CompositWriter, NPYWriter
+from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
+from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
+from delve_fast.writers import AbstractWriter, CompositWriter
 
 __all__ = ["SaturationTracker", "CheckLayerSat", "CONV_METHODS", "TIMESERIES_METHODS", "INTERPOLATION_MODES"]
 
 log = logging.getLogger("delve_fast")
-
-#: Accepted values of ``conv_method``.
-CONV_METHODS: tuple[str, ...] = ("channelwise", "mean", "max", "median", "flatten")
-#: Accepted values of ``timeseries_method``.
-TIMESERIES_METHODS: tuple[str, ...] = ("last_timestep", "timestepwise")
-#: ``mode`` values of :func:`torch.nn.functional.interpolate` that work on 4-D maps.
-INTERPOLATION_MODES: tuple[str, ...] = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 
 _COV = S.STATMAP["cov"]
 
 
 def _identity_filter(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
     return layers
-
-
-def _layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.LSTM):
-        return "lstm"
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    return None
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
-    return value
 
 
 class SaturationTracker:
@@ -188,7 +158,7 @@ class SaturationTracker:
         sat_threshold: float = 0.99,
         nosave: bool = False,
         verbose: bool = False,
-        device: str | torch.device = "cuda:0",
+        device: str | torch.device = DEFAULT_DEVICE,
         initial_epoch: int = 0,
         interpolation_strategy: str | None = None,
         interpolation_downsampling: int = 32,
@@ -200,190 +170,60 @@ class SaturationTracker:
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
-        # -- validate --------------------------------------------------------
-        if isinstance(savefile, os.PathLike):
-            savefile = os.fspath(savefile)
-        if not isinstance(savefile, str) or not savefile:
-            raise TypeError(f"savefile must be a non-empty str or path, got {savefile!r}")
-        self.savefile = savefile
-        self.log_interval = _check_int("log_interval", log_interval, 1)
-        self.interval = self.log_interval
-        self.max_samples = None if max_samples is None else _check_int("max_samples", max_samples, 1)
-        self.conv_method = _check_choice("conv_method", conv_method, CONV_METHODS)
-        self.timeseries_method = _check_choice("timeseries_method", timeseries_method, TIMESERIES_METHODS)
-        if isinstance(sat_threshold, bool) or not isinstance(sat_threshold, (int, float, np.floating)):
-            raise TypeError(f"sat_threshold must be a float in (0, 1], got {sat_threshold!r}")
-        if not 0.0 < float(sat_threshold) <= 1.0:
-            raise ValueError(f"sat_threshold must be in (0, 1], got {sat_threshold!r}")
-        self.threshold = float(sat_threshold)
-        self.initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
-        if interpolation_strategy is not None:
-            _check_choice("interpolation_strategy", interpolation_strategy, INTERPOLATION_MODES)
-        self.interpolation_strategy = interpolation_strategy
-        self.interpolation_downsampling = _check_int("interpolation_downsampling", interpolation_downsampling, 1)
-        if writer_args is not None and not isinstance(writer_args, Mapping):
-            raise TypeError(f"writer_args must be a dict or None, got {type(writer_args).__name__}")
+        settings = V.tracker_settings(
+            savefile=savefile, log_interval=log_interval, max_samples=max_samples, conv_method=conv_method,
+            timeseries_method=timeseries_method, sat_threshold=sat_threshold, initial_epoch=initial_epoch,
+            interpolation_strategy=interpolation_strategy, interpolation_downsampling=interpolation_downsampling,
+            ignore_layer_names=ignore_layer_names, max_saved_samples=max_saved_samples, idim_rule=idim_rule,
+            stats=stats,
+        )  # fmt: skip
+        self.__dict__.update(settings)
+        writer_args = V.check_writer_args(writer_args)
         if not callable(layer_filter):
             raise TypeError(f"layer_filter must be callable, got {type(layer_filter).__name__}")
-        if isinstance(ignore_layer_names, str):
-            ignore_layer_names = [ignore_layer_names]
-        self.ignore_layer_names = list(ignore_layer_names)
         self.backend = None if backend is None else check_backend(backend)
         self.precision = ops.check_precision(precision)
-        self.max_saved_samples = _check_int("max_saved_samples", max_saved_samples, 0)
-        self.idim_rule = _check_choice("idim_rule", idim_rule, S.IDIM_RULES)
-        self.nosave = bool(nosave)
-        self.verbose = bool(verbose)
-        self.include_conv = bool(include_conv)
-        self.layerwise_sat = bool(layerwise_sat)
-        self.reset_covariance = bool(reset_covariance)
+        self.nosave, self.verbose, self.include_conv = bool(nosave), bool(verbose), bool(include_conv)
+        self.layerwise_sat, self.reset_covariance = bool(layerwise_sat), bool(reset_covariance)
         self.average_sat = bool(average_sat)
-        self.stats, self._mode_stats = self._check_stats(stats)
         self.device = resolve_device(device)
+        self._view_options = views.ViewOptions(
+            self.conv_method, self.timeseries_method, self.interpolation_strategy, self.interpolation_downsampling
+        )
 
-        # -- layers ----------------------------------------------------------
-        found = self._find_layers(modules)
-        filtered = layer_filter(dict(found))
-        if not isinstance(filtered, Mapping):
-            raise TypeError(f"layer_filter must return a dict of name -> module, got {type(filtered).__name__}")
-        self.layers: dict[str, nn.Module] = {
-            name: layer
-            for name, layer in filtered.items()
-            if name not in self.ignore_layer_names and _layer_kind(layer) is not None
-        }
+        found = L.find_layers(modules, include_conv=self.include_conv)
+        self.layers: dict[str, nn.Module] = L.select_layers(found, layer_filter, self.ignore_layer_names)
         if not self.layers:
             warnings.warn(
-                "SaturationTracker found no layer to track (supported: nn.Linear, nn.Conv2d, nn.LSTM)",
+                f"SaturationTracker found no layer to track (supported: {L.supported_types_text()})",
                 RuntimeWarning,
                 stacklevel=2,
             )
 
-        # -- writers ---------------------------------------------------------
         if self.nosave:
             self.writer: AbstractWriter = CompositWriter([])
         else:
-            args = dict(writer_args or {})
-            args["savepath"] = savefile
-            os.makedirs(savefile, exist_ok=True)
-            self.writer = self._get_writer(save_to, args)
-            self._warn_if_covariance_not_saveable()
+            writer_args["savepath"] = self.savefile
+            os.makedirs(self.savefile, exist_ok=True)
+            self.writer = V.make_writer(save_to, writer_args)
+            V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
 
-        # -- state -----------------------------------------------------------
         self.logs: dict[str, dict[str, TorchCovarianceMatrix]] = {f"{m}-{_COV}": {} for m in S.MODES}
         self.seen_samples: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
         self._forward_counts: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
-        # (mode, layer) -> ("chw" | "hwc", (C, H, W)): feature order of a flatten state.
-        self._flatten_order: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {}
+        # (mode, layer) -> feature order of a conv 'flatten' state (see views.flatten_view).
+        self._flatten_order: dict[tuple[str, str], views.FlattenOrder] = {}
         self.record = True
         self.epoch = self.initial_epoch
         for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_hook(self._make_hook(name, _layer_kind(layer))))
+            self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_kind(layer))))
             log.info("added layer %s", name)
         if self.initial_epoch != 0:
             self.writer.resume_from_saved_state(self.initial_epoch)
 
-    # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _check_stats(stats: str | Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-        if isinstance(stats, str):
-            stats = [stats]
-        try:
-            stats = list(stats)
-        except TypeError:
-            raise TypeError(f"stats must be a str or a list of str, got {type(stats).__name__}") from None
-        per_mode: dict[str, list[str]] = {m: [] for m in S.MODES}
-        for stat in stats:
-            if not isinstance(stat, str):
-                raise TypeError(f"every stat must be a str, got {stat!r}")
-            base, _, mode = stat.partition("_")
-            if base not in S.SUPPORTED_STATS or (mode and mode not in S.MODES):
-                raise ValueError(
-                    f"stat {stat!r} is not supported; choose from {', '.join(S.SUPPORTED_STATS)}, "
-                    "optionally suffixed with '_train' or '_eval'"
-                )
-            for m in (mode,) if mode else S.MODES:
-                if base not in per_mode[m]:
-                    per_mode[m].append(base)
-        return stats, per_mode
+    def _make_hook(self, name: str, kind: str) -> Callable[..., None]:
+        view_fn = views.VIEWS[kind]
 
-    def _find_layers(self, modules: nn.Module | Sequence[nn.Module]) -> dict[str, nn.Module]:
-        """Collect supported layers with delve's names, each module once."""
-        layers: dict[str, nn.Module] = {}
-        seen: set[int] = set()
-
-        def keep(layer: nn.Module) -> bool:
-            kind = _layer_kind(layer)
-            return kind is not None and (self.include_conv or kind != "conv")
-
-        def walk(module: nn.Module, prefix: str, out: dict[str, nn.Module]) -> None:
-            children = [(k, m) for k, m in module._modules.items() if m is not None]
-            if children:
-                for key, child in children:
-                    walk(child, key if prefix == "" else f"{prefix}-{key}", out)
-            elif keep(module):
-                if id(module) in seen:
-                    log.info("skipping %s: the same module is already tracked", prefix)
-                    return
-                seen.add(id(module))
-                out[prefix] = module
-                log.debug("found layer %s", prefix)
-            else:
-                log.debug("skipping %s (%s)", prefix, type(module).__name__)
-
-        if isinstance(modules, nn.Module):
-            if _layer_kind(modules) is not None and not modules._modules:
-                modules = [modules]  # a single layer is a one-element list
-            else:
-                walk(modules, "", layers)
-                return layers
-        if not isinstance(modules, (list, tuple)):
-            raise TypeError(f"modules must be an nn.Module or a list of nn.Module, got {type(modules).__name__}")
-        for i, module in enumerate(modules):
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"modules[{i}] is a {type(module).__name__}, not an nn.Module")
-            if _layer_kind(module) is not None and not module._modules:
-                walk(module, f"Module-{i}-{type(module).__name__}", layers)
-                continue
-            found: dict[str, nn.Module] = {}
-            walk(module, "", found)
-            for name, layer in found.items():
-                if name in layers:
-                    renamed = f"Module-{i}-{name}"
-                    warnings.warn(
-                        f"layer name {name!r} from modules[{i}] is already used; it is tracked as {renamed!r}",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                    name = renamed
-                layers[name] = layer
-        return layers
-
-    def _get_writer(self, save_to: Any, writer_args: dict[str, Any]) -> AbstractWriter:
-        if isinstance(save_to, AbstractWriter):
-            return save_to
-        if isinstance(save_to, (list, tuple)):
-            return CompositWriter([self._get_writer(s, writer_args) for s in save_to])
-        if isinstance(save_to, str) and save_to in WRITERS:
-            return WRITERS[save_to](**writer_args)
-        raise ValueError(
-            f"save_to={save_to!r} is not supported; use one of {', '.join(map(repr, WRITERS))}, "
-            "an AbstractWriter instance, or a list of these"
-        )
-
-    def _warn_if_covariance_not_saveable(self) -> None:
-        if not any("cov" in stats for stats in self._mode_stats.values()):
-            return
-        writers = self.writer.writers if isinstance(self.writer, CompositWriter) else [self.writer]
-        if not any(isinstance(w, NPYWriter) for w in writers):
-            warnings.warn(
-                "stat 'cov' was requested, but only the 'npy' writer (NPYWriter) stores covariance matrices and "
-                "none is in save_to; the matrices will not be saved (pass a list such as ['csv', 'npy'])",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-    # ------------------------------------------------------------- the hook
-    def _make_hook(self, name: str, kind: str | None) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self.record:
                 return
@@ -397,11 +237,13 @@ class SaturationTracker:
                 room = self.max_samples - self.seen_samples[mode].get(name, 0)
                 if room <= 0:
                     return
-            batch = self._as_batch(kind, module, output, room, (mode, name))
+            key = (mode, name)
+            batch = view_fn(module, output, self._view_options, room, self._flatten_order.get(key))
             if batch is None:
                 return
-            view, rows = batch
-            self.seen_samples[mode][name] = self.seen_samples[mode].get(name, 0) + rows
+            if batch.flatten_order is not None:
+                self._flatten_order.setdefault(key, batch.flatten_order)
+            self.seen_samples[mode][name] = self.seen_samples[mode].get(name, 0) + batch.rows
             state = self.logs[f"{mode}-{_COV}"].get(name)
             if state is None:
                 state = TorchCovarianceMatrix(
@@ -412,109 +254,12 @@ class SaturationTracker:
                     max_saved_samples=self.max_saved_samples,
                 )
                 self.logs[f"{mode}-{_COV}"][name] = state
-            state.update_view(view)
+            state.update_view(batch.view)
 
         # Under torch.compile the hook runs eagerly: tracing its Python
         # bookkeeping would only force a recompile on every counter change.
         return torch.compiler.disable(hook)
 
-    def _as_batch(
-        self, kind: str | None, module: nn.Module, output: Any, room: int | None, key: tuple[str, str]
-    ) -> tuple[torch.Tensor, int] | None:
-        """View a layer output as ``(N, C, S)``; also return the batch rows it used.
-
-        Only views, slices and the documented reductions (pooling,
-        interpolation) are used: nothing is synchronised or copied to the host.
-        """
-        if kind == "lstm":
-            return self._lstm_batch(module, output, room)
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        if not isinstance(output, torch.Tensor):
-            return None
-        y = output.detach()
-        if kind == "conv":
-            if y.dim() == 3:  # unbatched (C, H, W)
-                y = y.unsqueeze(0)
-            if room is not None and room < y.shape[0]:
-                y = y[:room]
-            rows = int(y.shape[0])
-            if self.interpolation_strategy is not None and (
-                y.shape[2] > self.interpolation_downsampling or y.shape[3] > self.interpolation_downsampling
-            ):
-                y = interpolate(y, size=self.interpolation_downsampling, mode=self.interpolation_strategy)
-            method = self.conv_method
-            if method == "channelwise":
-                return as_channel_view(y), rows
-            if method == "mean":
-                return y.mean(dim=(2, 3)).unsqueeze(-1), rows
-            if method == "max":
-                return y.amax(dim=(2, 3)).unsqueeze(-1), rows
-            if method == "median":
-                return y.flatten(2).median(dim=2).values.unsqueeze(-1), rows
-            return self._flatten_view(y, key), rows
-
-        # Linear: (C,), (B, C), tokens (B, T, C) or higher rank (..., C).
-        if y.dim() == 1:
-            y = y.unsqueeze(0)
-        if room is not None and room < y.shape[0]:
-            y = y[:room]
-        rows = int(y.shape[0])
-        if y.dim() == 2:
-            return y.unsqueeze(-1), rows
-        if y.dim() == 3:
-            return y.transpose(1, 2), rows  # B sequences, T token samples each: (B, C, T)
-        return y.reshape(-1, y.shape[-1]).unsqueeze(-1), rows
-
-    def _flatten_view(self, y: torch.Tensor, key: tuple[str, str]) -> torch.Tensor:
-        """``(N, C*H*W, 1)`` for ``conv_method='flatten'``, as a view whenever one exists.
-
-        An NCHW map flattens in delve's ``(C, H, W)`` feature order. A
-        channels_last map is flattened in its own ``(H, W, C)`` order instead,
-        which needs no copy; :meth:`compute_saturations` permutes those
-        covariances back to ``(C, H, W)`` order (the scalar statistics do not
-        depend on the order).
-        """
-        n = y.shape[0]
-        order = self._flatten_order.get(key)
-        if order is None:
-            hwc = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
-            order = ("hwc" if hwc else "chw", tuple(int(d) for d in y.shape[1:]))
-            self._flatten_order[key] = order
-        if order[0] == "hwc":  # keep the order the state started with
-            return y.permute(0, 2, 3, 1).reshape(n, -1, 1)
-        return y.reshape(n, -1, 1)
-
-    def _lstm_batch(self, module: nn.Module, output: Any, room: int | None) -> tuple[torch.Tensor, int] | None:
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        last = self.timeseries_method == "last_timestep"
-        if isinstance(out, PackedSequence):
-            # Packed batches are recorded whole (never sliced by max_samples).
-            rows = int(out.batch_sizes[0])
-            if not last:
-                return out.data.detach().unsqueeze(-1), rows
-            padded, lengths = pad_packed_sequence(out, batch_first=True)
-            index = (lengths - 1).to(padded.device, non_blocking=True)
-            picked = padded.detach()[torch.arange(padded.shape[0], device=padded.device), index]
-            return picked.unsqueeze(-1), rows
-        if not isinstance(out, torch.Tensor):
-            return None
-        y = out.detach()
-        if y.dim() == 2:  # unbatched (T, U)
-            y = y.unsqueeze(0)
-            batch_first = True
-        else:
-            batch_first = bool(getattr(module, "batch_first", False))
-        if not batch_first:
-            y = y.transpose(0, 1)  # (T, B, U) -> (B, T, U), a view
-        if room is not None and room < y.shape[0]:
-            y = y[:room]
-        rows = int(y.shape[0])
-        if last:
-            return y[:, -1, :].unsqueeze(-1), rows
-        return y.transpose(1, 2), rows  # (B, U, T): every timestep is a sample
-
-    # ---------------------------------------------------------- user methods
     def __getattr__(self, name: str) -> Any:
         # Only reached for names the tracker does not define: pass them to the
         # writer (add_scalar, add_scalars, ...), as delve does.
@@ -568,30 +313,20 @@ class SaturationTracker:
     # -------------------------------------------------------- statistics
     def _pending(self) -> list[tuple[str, str, TorchCovarianceMatrix]]:
         """(mode, layer, state) for every layer and mode with data, in layer order."""
-        out = []
-        for mode in S.MODES:
-            states = self.logs[f"{mode}-{_COV}"]
-            for name in self.layers:
-                state = states.get(name)
-                if state is not None and state.n_samples > 0:
-                    out.append((mode, name, state))
-        return out
-
-    def _in_chw_order(self, cov: torch.Tensor, key: tuple[str, str]) -> torch.Tensor:
-        """Permute a flatten covariance gathered in (H, W, C) order to delve's (C, H, W) order."""
-        order = self._flatten_order.get(key)
-        if order is None or order[0] != "hwc":
-            return cov
-        c, h, w = order[1]
-        perm = torch.arange(c * h * w, device=cov.device).reshape(h, w, c).permute(2, 0, 1).reshape(-1)
-        return cov[perm][:, perm]
+        return [
+            (mode, name, state)
+            for mode in S.MODES
+            for name in self.layers
+            if (state := self.logs[f"{mode}-{_COV}"].get(name)) is not None and state.n_samples > 0
+        ]
 
     def compute_saturations(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Compute every requested statistic from the covariances gathered so far.
 
         Eigenvalues of all layers and modes come from one batched call to
         :func:`delve_fast.ops.eigvalsh_desc`; eigenvectors are computed only
-        for ``embed``. Nothing is reset or written.
+        for ``embed``. Each stat is an entry of :data:`delve_fast.stats.STATS`.
+        Nothing is reset or written.
 
         Returns
         -------
@@ -604,49 +339,21 @@ class SaturationTracker:
         pending = self._pending()
         values: dict[str, Any] = {}
         samples: dict[str, Any] = {}
-        if not pending:
-            return values, samples
         covs = [state.fix() for _, _, state in pending]
-        eigs = ops.eigvalsh_desc(covs, backend=self.backend)
-        # One device-to-host transfer for every eigenvalue and trace.
-        flat = torch.cat([e.reshape(-1) for e in eigs] + [torch.stack([c.diagonal().sum() for c in covs])])
-        host = flat.to("cpu", torch.float64).numpy()
-        offset = 0
-        host_eigs = []
-        for e in eigs:
-            host_eigs.append(host[offset : offset + e.shape[0]])
-            offset += e.shape[0]
-        traces = host[offset:]
-        for i, (mode, name, state) in enumerate(pending):
-            lam = host_eigs[i]
-            for stat in self._mode_stats[mode]:
-                col = f"{mode}-{S.STATMAP[stat]}_{name}"
-                if stat == "lsat":
-                    values[col] = S.saturation(lam, self.threshold, rule=self.idim_rule)
-                elif stat == "idim":
-                    values[col] = S.intrinsic_dimensionality(lam, self.threshold, rule=self.idim_rule)
-                elif stat == "trc":
-                    values[col] = float(traces[i])
-                elif stat == "dtrc":
-                    values[col] = S.diagonal_trace(lam)
-                elif stat == "det":
-                    values[col] = S.determinant(lam, name=f"{mode} {name}")
-                elif stat == "logdet":
-                    values[col] = S.log_determinant(lam)
-                elif stat == "cov":
-                    values[col] = self._in_chw_order(covs[i], (mode, name)).cpu().numpy()
-                elif stat == "embed":
-                    stored = state.saved_samples
-                    if stored is not None and stored.shape[0] > 0:
-                        _, vecs = torch.linalg.eigh(covs[i])
-                        samples[col] = S.embed(stored, state.mean(), vecs.flip(-1))
+        eigs, traces = S.spectra(covs, backend=self.backend)
+        for (mode, name, state), lam, cov, trace in zip(pending, eigs, covs, traces, strict=True):
+            order = self._flatten_order.get((mode, name))
+            ctx = S.StatContext(
+                lam, cov, float(trace), state, self.threshold, self.idim_rule, mode, name,
+                lambda c, order=order: views.covariance_in_chw_order(c, order),
+            )  # fmt: skip
+            layer_values, layer_samples = S.compute(ctx, self._mode_stats[mode])
+            values.update(layer_values)
+            samples.update(layer_samples)
         if self.average_sat:
             for mode in S.MODES:
-                sats = [
-                    S.saturation(host_eigs[i], self.threshold, rule=self.idim_rule)
-                    for i, p in enumerate(pending)
-                    if p[0] == mode
-                ]
+                lams = [lam for p, lam in zip(pending, eigs, strict=True) if p[0] == mode]
+                sats = [S.saturation(lam, self.threshold, rule=self.idim_rule) for lam in lams]
                 if sats:
                     values[f"average-{mode}-sat"] = float(np.mean(sats))
         return values, samples

@@ -126,3 +126,51 @@ def warn_if_covariance_not_saveable(writer: AbstractWriter, per_mode: Mapping[st
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def tracker_settings(
+    *,
+    savefile: Any,
+    log_interval: Any,
+    max_samples: Any,
+    conv_method: Any,
+    timeseries_method: Any,
+    sat_threshold: Any,
+    initial_epoch: Any,
+    interpolation_strategy: Any,
+    interpolation_downsampling: Any,
+    ignore_layer_names: Any,
+    max_saved_samples: Any,
+    idim_rule: Any,
+    stats: Any,
+) -> dict[str, Any]:
+    """Check the tracker's arguments and return its settings, by attribute name.
+
+    The keys are delve's attribute names (``threshold`` for ``sat_threshold``,
+    ``interval`` as an alias of ``log_interval``) plus ``_mode_stats``, each
+    mode's stat keys (see :func:`check_stats`).
+    """
+    from delve_fast.stats import IDIM_RULES
+    from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
+
+    if interpolation_strategy is not None:
+        check_choice("interpolation_strategy", interpolation_strategy, INTERPOLATION_MODES)
+    interval = check_int("log_interval", log_interval, 1)
+    stat_list, per_mode = check_stats(stats)
+    return {
+        "savefile": check_savefile(savefile),
+        "log_interval": interval,
+        "interval": interval,
+        "max_samples": None if max_samples is None else check_int("max_samples", max_samples, 1),
+        "conv_method": check_choice("conv_method", conv_method, CONV_METHODS),
+        "timeseries_method": check_choice("timeseries_method", timeseries_method, TIMESERIES_METHODS),
+        "threshold": check_threshold(sat_threshold),
+        "initial_epoch": check_int("initial_epoch", initial_epoch, 0),
+        "interpolation_strategy": interpolation_strategy,
+        "interpolation_downsampling": check_int("interpolation_downsampling", interpolation_downsampling, 1),
+        "ignore_layer_names": [ignore_layer_names] if isinstance(ignore_layer_names, str) else list(ignore_layer_names),
+        "max_saved_samples": check_int("max_saved_samples", max_saved_samples, 0),
+        "idim_rule": check_choice("idim_rule", idim_rule, IDIM_RULES),
+        "stats": stat_list,
+        "_mode_stats": per_mode,
+    }
