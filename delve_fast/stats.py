@@ -28,6 +28,7 @@ __all__ = [
     "StatContext",
     "spectra",
     "compute",
+    "compute_layers",
     "STATMAP",
     "MODES",
     "SUPPORTED_STATS",
@@ -446,4 +447,51 @@ def compute(ctx: StatContext, keys: Sequence[str]) -> tuple[dict[str, Any], dict
         value = stat.fn(ctx)
         if value is not None:
             (samples if stat.per_sample else values)[f"{ctx.mode}-{stat.name}_{ctx.layer}"] = value
+    return values, samples
+
+
+def compute_layers(
+    entries: Sequence[tuple[str, str, Any, Callable[[torch.Tensor], torch.Tensor]]],
+    mode_stats: dict[str, Sequence[str]],
+    threshold: float,
+    rule: str = "delve",
+    *,
+    average: bool = False,
+    backend: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every requested stat of every layer and mode, from one batched eigenvalue solve.
+
+    Parameters
+    ----------
+    entries : sequence of (mode, layer, state, to_delve_order)
+        ``state`` is a non-empty :class:`delve_fast.covariance.TorchCovarianceMatrix`;
+        ``to_delve_order`` maps its covariance to delve's feature order.
+    mode_stats : dict
+        ``{"train": [keys], "eval": [keys]}`` of :data:`STATS`.
+    threshold, rule
+        As for :func:`saturation`.
+    average : bool, default False
+        Also give ``average-<mode>-sat``, the mean saturation over the layers.
+    backend : str, optional
+        Passed to :func:`delve_fast.ops.eigvalsh_desc`.
+
+    Returns
+    -------
+    values, samples : dict
+        See :func:`compute`.
+    """
+    covs = [state.fix() for _, _, state, _ in entries]
+    eigs, traces = spectra(covs, backend=backend)
+    values: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    for (mode, layer, state, order), lam, cov, trace in zip(entries, eigs, covs, traces, strict=True):
+        ctx = StatContext(lam, cov, float(trace), state, threshold, rule, mode, layer, order)
+        layer_values, layer_samples = compute(ctx, mode_stats[mode])
+        values.update(layer_values)
+        samples.update(layer_samples)
+    if average:
+        for mode in MODES:
+            sats = [saturation(lam, threshold, rule=rule) for e, lam in zip(entries, eigs, strict=True) if e[0] == mode]
+            if sats:
+                values[f"average-{mode}-sat"] = float(np.mean(sats))
     return values, samples

@@ -15,9 +15,9 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -336,27 +336,13 @@ class SaturationTracker:
         samples : dict
             ``<mode>-embedded-sample_<layer>`` to ``(n, 2)`` arrays (``embed``).
         """
-        pending = self._pending()
-        values: dict[str, Any] = {}
-        samples: dict[str, Any] = {}
-        covs = [state.fix() for _, _, state in pending]
-        eigs, traces = S.spectra(covs, backend=self.backend)
-        for (mode, name, state), lam, cov, trace in zip(pending, eigs, covs, traces, strict=True):
-            order = self._flatten_order.get((mode, name))
-            ctx = S.StatContext(
-                lam, cov, float(trace), state, self.threshold, self.idim_rule, mode, name,
-                lambda c, order=order: views.covariance_in_chw_order(c, order),
-            )  # fmt: skip
-            layer_values, layer_samples = S.compute(ctx, self._mode_stats[mode])
-            values.update(layer_values)
-            samples.update(layer_samples)
-        if self.average_sat:
-            for mode in S.MODES:
-                lams = [lam for p, lam in zip(pending, eigs, strict=True) if p[0] == mode]
-                sats = [S.saturation(lam, self.threshold, rule=self.idim_rule) for lam in lams]
-                if sats:
-                    values[f"average-{mode}-sat"] = float(np.mean(sats))
-        return values, samples
+        entries = [
+            (mode, name, state, partial(views.covariance_in_chw_order, order=self._flatten_order.get((mode, name))))
+            for mode, name, state in self._pending()
+        ]
+        return S.compute_layers(
+            entries, self._mode_stats, self.threshold, self.idim_rule, average=self.average_sat, backend=self.backend
+        )
 
     def add_saturations(self, save: bool = True) -> dict[str, Any]:
         """Compute the statistics of this epoch, write them and reset.
