@@ -10,15 +10,16 @@ that eigenspace, until training resumes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.functional import interpolate
 
-from delve_fast import ops
 from delve_fast import stats as S
-from delve_fast._reference import as_channel_view
+from delve_fast.state import CovarianceState
+from delve_fast.views import as_channel_view
 
 __all__ = [
     "rvs",
@@ -115,9 +116,6 @@ class LinearPCALayer(nn.Module):
         self.register_buffer("eigenvalues", torch.zeros(in_features, dtype=torch.float64))
         self.register_buffer("eigenvectors", torch.eye(in_features, dtype=torch.float64))
         self.register_buffer("_threshold", torch.tensor([float(threshold)], dtype=torch.float64))
-        self.register_buffer("running_mean", torch.zeros(in_features, dtype=torch.float64))
-        self.register_buffer("running_m2", torch.zeros(in_features, in_features, dtype=torch.float64))
-        self.register_buffer("seen_samples", torch.zeros(1, dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(in_features, dtype=torch.float32))
         self.register_buffer("transformation_matrix", torch.eye(in_features, dtype=torch.float32))
         self.register_buffer("reduced_transformation_matrix", torch.eye(in_features, dtype=torch.float32))
@@ -129,7 +127,8 @@ class LinearPCALayer(nn.Module):
         self.name = f"pca{LinearPCALayer.num}"
         LinearPCALayer.num += 1
         self._centering = bool(centering)
-        self._n = 0
+        #: Running statistics of the input since the last eigenspace (saved in the state_dict).
+        self.running = CovarianceState(in_features)
         self._has_eigenspace = False
         self.sat, self.in_dim, self.fs_dim = 100.0, in_features, in_features
         self.threshold = threshold
@@ -161,32 +160,33 @@ class LinearPCALayer(nn.Module):
         self._compute_pca_matrix()
 
     # -- statistics ------------------------------------------------------------
+    @property
+    def seen_samples(self) -> int:
+        """Samples gathered since the eigenspace was last computed."""
+        return self.running.count
+
+    @property
+    def running_mean(self) -> torch.Tensor:
+        """Mean of the samples gathered since the eigenspace was last computed, ``(C,)`` float64."""
+        return self.running.mean
+
     def _update_autorcorrelation(self, x: torch.Tensor) -> None:
         """Fold a batch, viewed ``(N, C, S)``, into the running covariance."""
-        ops.cov_update_(self.running_mean, self.running_m2, x, self._n)
-        self._n += int(x.shape[0]) * int(x.shape[2])
-        self.seen_samples.fill_(self._n)
+        self.running.update(x)
 
     def _compute_autorcorrelation(self) -> torch.Tensor:
         """Covariance (centred) or second moment (uncentred) of the data seen."""
-        n = max(self._n, 1)
-        cov = self.running_m2 / n
-        if not self._centering:
-            cov = cov + torch.outer(self.running_mean, self.running_mean)
-        return cov
+        return self.running.covariance(center=self._centering)
 
     def _compute_eigenspace(self) -> None:
         values, vectors = torch.linalg.eigh(self._compute_autorcorrelation())
         self.eigenvalues.copy_(values.flip(0).clamp_min(0))
         self.eigenvectors.copy_(vectors.flip(1))
-        self.mean.copy_(self.running_mean.to(torch.float32))
+        self.mean.copy_(self.running.mean.to(torch.float32))
         self._has_eigenspace = True
 
     def _reset_autorcorrelation(self) -> None:
-        self.running_mean.zero_()
-        self.running_m2.zero_()
-        self.seen_samples.zero_()
-        self._n = 0
+        self.running.reset()
 
     def _compute_pca_matrix(self) -> None:
         """Choose the kept eigenspace from the eigenvalues and build the projections."""
@@ -204,12 +204,65 @@ class LinearPCALayer(nn.Module):
 
     def _refresh(self) -> None:
         if not self.pca_computed:
-            if self._n > 0:
+            if self.running.count > 0:
                 self._compute_eigenspace()
                 self._compute_pca_matrix()
                 self._reset_autorcorrelation()
                 self.epoch += 1
             self.pca_computed = True
+
+    # -- persistence and devices ------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        """What the buffers do not hold: the running statistics and whether an eigenspace exists."""
+        return {
+            "running": self.running.state_dict(),
+            "has_eigenspace": self._has_eigenspace,
+            "pca_computed": self.pca_computed,
+            "centering": self._centering,
+            "epoch": self.epoch,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_extra_state`'s dict (called by ``load_state_dict``)."""
+        self.running.load_state_dict(state["running"])
+        self._has_eigenspace = bool(state["has_eigenspace"])
+        self.pca_computed = bool(state["pca_computed"])
+        self._centering = bool(state["centering"])
+        self.epoch = int(state["epoch"])
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # The reduced projection is (C, k) with k chosen by the data, so a fresh
+        # layer's (C, C) buffer takes the saved shape before the copy.
+        key = prefix + "reduced_transformation_matrix"
+        saved = state_dict.get(key)
+        fs_dim = int(self.eigenvalues.shape[0])
+        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] == fs_dim:
+            if 1 <= saved.shape[1] <= fs_dim:
+                self.reduced_transformation_matrix = self.reduced_transformation_matrix.new_empty(saved.shape)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.fs_dim = fs_dim
+        self.in_dim = int(self.reduced_transformation_matrix.shape[1])
+        self.sat = round(100.0 * self.in_dim / self.fs_dim, 4)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LinearPCALayer:
+        # The running statistics follow the module's device but stay float64
+        # (module.half() must not round them).
+        super()._apply(fn, recurse)
+        probe = fn(torch.empty(0, dtype=torch.float64, device=self.running.device))
+        if probe.device != self.running.device:
+            self.running.to(probe.device)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Gather statistics (training) or project (eval).
