@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from delve_fast.stats import MODES, SUPPORTED_STATS
+from delve_fast.stats import MODES, STATS
 from delve_fast.writers import WRITERS, AbstractWriter, CompositWriter, NPYWriter
 
 __all__ = [
@@ -85,13 +85,14 @@ def check_stats(stats: str | Sequence[str]) -> tuple[list[str], dict[str, list[s
     except TypeError:
         raise TypeError(f"stats must be a str or a list of str, got {type(stats).__name__}") from None
     per_mode: dict[str, list[str]] = {m: [] for m in MODES}
+    supported = tuple(STATS)  # read now, so a stat added to the table is accepted
     for stat in stats:
         if not isinstance(stat, str):
             raise TypeError(f"every stat must be a str, got {stat!r}")
         base, _, mode = stat.partition("_")
-        if base not in SUPPORTED_STATS or (mode and mode not in MODES):
+        if base not in supported or (mode and mode not in MODES):
             raise ValueError(
-                f"stat {stat!r} is not supported; choose from {', '.join(SUPPORTED_STATS)}, "
+                f"stat {stat!r} is not supported; choose from {', '.join(supported)}, "
                 "optionally suffixed with '_train' or '_eval'"
             )
         for m in (mode,) if mode else MODES:

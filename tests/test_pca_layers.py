@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from delve_fast import stats as S
 from delve_fast.pca_layers import (
     Conv2DPCALayer,
     LinearPCALayer,
@@ -87,8 +88,23 @@ def test_threshold_and_centering_change_projection():
     assert layer.in_dim < dims_high
     with pytest.raises(ValueError):
         layer.threshold = 1.5
+    # Uncentred: the kept eigenspace is that of the second moment (1/n) X^T X,
+    # and nothing is subtracted before projecting.
+    layer.threshold = 0.99
     layer.centering = False
-    assert not layer.centering
+    layer.train()
+    layer(x)  # the next eigenspace is gathered uncentred
+    layer.eval()
+    y = layer(x).double().numpy()  # the first eval pass computes the eigenspace
+    a = x.double().numpy()
+    values, vectors = np.linalg.eigh(a.T @ a / a.shape[0])
+    keep = layer.in_dim
+    basis = vectors[:, ::-1][:, :keep]
+    expected = a @ basis @ basis.T
+    # float32 projection of O(10) values: ~1e-6 relative rounding, plus the
+    # eigenvector difference between torch and NumPy (well separated spectrum).
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    assert keep == S.intrinsic_dimensionality(values[::-1].clip(0), 0.99, rule="gap")
 
 
 def test_conv_pca_projects_channels():
@@ -123,3 +139,60 @@ def test_module_wide_helpers():
     assert out[3] == ["Linear-0", "Conv-0"]
     change_all_pca_layer_centering(True, net, downsampling=2)
     assert net[0].centering and net[2].centering and net[2].downsampling == 2
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_state_dict_after_training_loads_into_a_fresh_layer(keepdim, tmp_path):
+    x, _ = _low_rank(300, 6, 2, seed=5)
+    layer = LinearPCALayer(6, keepdim=keepdim, centering=False)
+    layer(x)
+    layer.eval()
+    expected = layer(x)
+    assert layer.reduced_transformation_matrix.shape == (6, 2)
+    torch.save(layer.state_dict(), tmp_path / "pca.pt")
+    fresh = LinearPCALayer(6, keepdim=keepdim)
+    fresh.load_state_dict(torch.load(tmp_path / "pca.pt", weights_only=True))
+    assert (fresh.in_dim, fresh.fs_dim, fresh.sat, fresh.centering) == (2, 6, layer.sat, False)
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)  # the same ops on the same buffers
+
+
+def test_state_dict_keeps_statistics_gathered_since_the_eigenspace():
+    x, _ = _low_rank(300, 6, 3, seed=7)
+    layer = LinearPCALayer(6)
+    layer(x)
+    layer.eval()
+    layer(x)
+    layer.train()
+    layer(x[:50] * 2)  # pending: the next eval pass recomputes from these
+    fresh = LinearPCALayer(6)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.seen_samples == 50
+    torch.testing.assert_close(fresh.running.m2, layer.running.m2, rtol=0, atol=0)
+    layer.eval()
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+
+
+def test_conv_state_dict_loads_into_a_fresh_layer():
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(6, 2, 5, 5, generator=g)
+    x = torch.cat([base, base[:, :1] * 2 + 1, base[:, 1:] - base[:, :1]], dim=1)
+    layer = Conv2DPCALayer(4, verbose=False, centering=True)
+    layer(x)
+    layer.eval()
+    expected = layer(x)
+    fresh = Conv2DPCALayer(4, verbose=False)
+    fresh.load_state_dict(layer.state_dict())
+    fresh.eval()
+    assert fresh.in_dim == 2
+    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
+
+
+def test_running_statistics_stay_float64_and_out_of_buffers():
+    layer = LinearPCALayer(3)
+    assert not any("running" in name or "seen" in name for name, _ in layer.named_buffers())
+    layer.half()
+    layer(torch.randn(10, 3).half())
+    assert layer.running.m2.dtype == torch.float64 and layer.seen_samples == 10
+    assert layer.mean.dtype == torch.float16  # ordinary buffers do follow .half()

@@ -142,3 +142,62 @@ def test_matrix_helpers_named_like_delve():
     assert S.compute_intrinsic_dimensionality(cov, 0.99) == 2
     assert S.compute_intrinsic_dimensionality(cov, 0.9) == 1
     assert S.compute_saturation(cov, 0.99) == 2 / 3
+
+
+# ----------------------------------------------------------------- the table
+def test_table_names_are_delves():
+    assert S.STATMAP == {
+        "idim": "intrinsic-dimensionality",
+        "lsat": "saturation",
+        "cov": "covariance-matrix",
+        "det": "covariance-determinant",
+        "trc": "covariance-trace",
+        "dtrc": "diagonal-trace",
+        "embed": "embedded-sample",
+        "logdet": "covariance-log-determinant",
+    }
+    assert set(S.SUPPORTED_STATS) == set(S.STATS)
+
+
+def _context(cov: np.ndarray, **kwargs) -> S.StatContext:
+    lam = np.sort(np.linalg.eigvalsh(cov))[::-1].clip(0)
+    return S.StatContext(lam, torch.from_numpy(cov), float(np.trace(cov)), None, **kwargs)
+
+
+def test_compute_names_columns_and_evaluates_each_entry():
+    cov = np.diag([4.0, 1.0, 0.25])
+    values, samples = S.compute(_context(cov, threshold=0.9, mode="eval", layer="fc"), ["lsat", "idim", "trc", "det"])
+    assert samples == {}
+    # shares 4/5.25 = 0.76, 5/5.25 = 0.95: one share below 0.9
+    assert values == {
+        "eval-saturation_fc": pytest.approx(1 / 3),
+        "eval-intrinsic-dimensionality_fc": 1,
+        "eval-covariance-trace_fc": 5.25,
+        "eval-covariance-determinant_fc": pytest.approx(1.0, rel=1e-12),
+    }
+
+
+def test_cov_entry_uses_the_delve_order_hook():
+    cov = np.arange(4.0).reshape(2, 2)
+    cov = cov + cov.T + 5 * np.eye(2)
+    flipped = _context(cov, to_delve_order=lambda c: c.flip(0).flip(1))
+    values, _ = S.compute(flipped, ["cov"])
+    np.testing.assert_array_equal(values["train-covariance-matrix_"], cov[::-1, ::-1])
+
+
+def test_a_new_stat_is_one_table_entry(tmp_path, monkeypatch):
+    from torch import nn
+
+    from delve_fast import SaturationTracker
+
+    monkeypatch.setitem(S.STATS, "maxeig", S.Stat("max-eigenvalue", lambda c: float(c.eigenvalues[0])))
+    layer = nn.Linear(4, 4)
+    t = SaturationTracker(str(tmp_path / "run"), save_to="csv", modules=layer, stats=["maxeig"], device="cpu")
+    with torch.no_grad():
+        out = layer(torch.randn(200, 4, generator=torch.Generator().manual_seed(0)))
+    values = t.add_saturations()
+    t.close()
+    rows = out.double().numpy()
+    top = np.linalg.eigvalsh(np.cov(rows, rowvar=False, bias=True))[-1]
+    # float64 covariance of 200 rows and an eigen-solve: ~1e-13 relative, 1e-10 is safe.
+    assert values["train-max-eigenvalue_Module-0-Linear"] == pytest.approx(top, rel=1e-10)

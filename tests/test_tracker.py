@@ -89,7 +89,14 @@ def test_documented_signature_and_defaults():
 
 
 def test_public_names():
-    for name in ("SaturationTracker", "CheckLayerSat", "TorchCovarianceMatrix", "backend_info", "writers"):
+    for name in (
+        "SaturationTracker",
+        "CheckLayerSat",
+        "TorchCovarianceMatrix",
+        "CovarianceState",
+        "backend_info",
+        "writers",
+    ):
         assert hasattr(delve_fast, name)
     assert CheckLayerSat is SaturationTracker
     assert isinstance(delve_fast.__version__, str)
@@ -580,13 +587,32 @@ def test_embed_plot_and_bounded_store(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_default_device_falls_back_to_cpu(tmp_path):
     layer = nn.Linear(3, 2)
-    with pytest.warns(RuntimeWarning, match="CUDA"):
+    with pytest.warns(RuntimeWarning, match="CUDA") as record:
         t = SaturationTracker(str(tmp_path / "run"), save_to="csv", modules=layer)
+    # The user never asked for CUDA: the warning says the device is delve's default.
+    message = str(record[0].message)
+    assert "'cuda:0' (delve's default)" in message and "device='cpu'" in message
+    assert "was requested" not in message
+    assert record[0].filename == __file__  # points at the caller's line
     assert t.device == torch.device("cpu")
     layer(torch.randn(4, 3))
     t.add_saturations()
     t.close()
     assert "train-saturation_Module-0-Linear" in _csv(tmp_path).columns
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda:0", "cuda", torch.device("cuda:0")])
+def test_explicit_cuda_device_is_called_requested(tmp_path, device):
+    with pytest.warns(RuntimeWarning, match="was requested but CUDA is not available") as record:
+        t = _tracker(tmp_path, nn.Linear(3, 2), device=device)
+    assert "delve's default" not in str(record[0].message)
+    assert t.device == torch.device("cpu")
+    t.close()
+    with pytest.warns(RuntimeWarning, match="delve's default"):
+        delve_fast.TorchCovarianceMatrix()
+    with pytest.warns(RuntimeWarning, match="was requested"):
+        delve_fast.TorchCovarianceMatrix(device="cuda:0")
 
 
 def test_det_column_is_not_lost_to_underflow(tmp_path):
