@@ -54,9 +54,8 @@ class SaturationTracker:
     Parameters
     ----------
     savefile : str
-        Destination for summaries. A folder of that name is created; the CSV
-        writer writes ``savefile + '.csv'`` and the plot writer
-        ``savefile + '_<stat>_<mode>_epoch_<k>.png'``.
+        Destination: a folder of that name is created; the CSV writer writes
+        ``savefile + '.csv'``, the plot writer ``savefile + '_<stat>_<mode>_epoch_<k>.png'``.
     save_to : str, AbstractWriter or list of them
         Save strategies: ``csv``, ``npy``, ``print``, ``tb``/``tensorboard``,
         ``csvplotting``/``csvplot``/``plot``/``plotcsv``, or writer instances.
@@ -65,14 +64,12 @@ class SaturationTracker:
         model are named by their ``_modules`` keys joined with ``-``; a layer
         given directly in a list is named ``Module-<i>-<TypeName>``.
     layer_filter : callable, optional
-        Receives the ``{name: layer}`` dict and returns it with unwanted
-        entries removed. Default: identity.
+        Receives the ``{name: layer}`` dict and returns it without unwanted entries.
     writer_args : dict, optional
         Extra keyword arguments for writers created from a string key
         (``savepath`` is set to ``savefile``).
     log_interval : int, default 1
-        Record every ``log_interval``-th forward pass of a layer (counted per
-        layer and mode).
+        Record every ``log_interval``-th forward pass of a layer (per layer and mode).
     max_samples : int, optional
         Stop updating a layer's covariance after this many batch rows (dim 0
         entries) in an epoch; the batch that crosses the limit is sliced.
@@ -86,17 +83,15 @@ class SaturationTracker:
     reset_covariance : bool, default True
         Start a fresh covariance after each :meth:`add_saturations`.
     average_sat : bool, default False
-        Also write ``average-train-sat`` / ``average-eval-sat``, the mean
-        saturation over the layers.
+        Also write ``average-train-sat`` / ``average-eval-sat`` (mean over the layers).
     ignore_layer_names : list of str, default []
         Layer names not to track.
     include_conv : bool, default True
         Set to False to track only linear (and LSTM) layers.
     conv_method : str, default 'channelwise'
-        How a conv output ``(N, C, H, W)`` becomes samples: ``channelwise``
-        (``N*H*W`` samples of ``C``), ``mean``, ``max``, ``median`` (global
-        pooling, ``N`` samples of ``C``) or ``flatten`` (``N`` samples of
-        ``C*H*W``).
+        Conv output ``(N, C, H, W)`` as samples: ``channelwise`` (``N*H*W`` of ``C``),
+        ``mean``, ``max``, ``median`` (global pooling, ``N`` of ``C``) or
+        ``flatten`` (``N`` of ``C*H*W``). See :mod:`delve_fast.views`.
     timeseries_method : str, default 'last_timestep'
         LSTM outputs: ``last_timestep`` (``B`` samples) or ``timestepwise``
         (every timestep of every sequence, ``B*T`` samples).
@@ -107,13 +102,11 @@ class SaturationTracker:
     verbose : bool, default False
         Print every layer's statistics at each :meth:`add_saturations`.
     device : str or torch.device, default 'cuda:0'
-        Where the covariance states live; falls back to the CPU with a
-        warning when CUDA is absent.
+        Where the states live; the CPU (with a warning) when CUDA is absent.
     initial_epoch : int, default 0
         Non-zero resumes: the writers reload their saved state.
     interpolation_strategy : str, optional
-        ``mode`` of :func:`torch.nn.functional.interpolate` used to shrink conv
-        maps larger than ``interpolation_downsampling``.
+        :func:`torch.nn.functional.interpolate` ``mode`` that shrinks larger conv maps.
     interpolation_downsampling : int, default 32
         Target resolution of that interpolation.
     backend : str, optional
@@ -126,9 +119,8 @@ class SaturationTracker:
         the explained share falls short of the threshold by more than 0.02,
         as delve's PCA layers do. See :func:`delve_fast.stats.intrinsic_dimensionality`.
     precision : {"double", "mixed"}, default "double"
-        Keyword only. ``"mixed"`` forms each tile's covariance product in
-        float32 on nearly centred data and accumulates it in float64: faster,
-        with the error bound given in ``docs/precision.md``.
+        Keyword only. ``"mixed"``: float32 tile products on nearly centred data,
+        accumulated in float64; faster, error bound in ``docs/precision.md``.
 
     Examples
     --------
