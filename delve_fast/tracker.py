@@ -27,14 +27,13 @@ from delve_fast import stats as S
 from delve_fast import validation as V
 from delve_fast._loader import check_backend
 from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
+from delve_fast.recorder import LayerRecorder
 from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
 from delve_fast.writers import AbstractWriter, CompositWriter
 
 __all__ = ["SaturationTracker", "CheckLayerSat", "CONV_METHODS", "TIMESERIES_METHODS", "INTERPOLATION_MODES"]
 
 log = logging.getLogger("delve_fast")
-
-_COV = S.STATMAP["cov"]
 
 
 def _identity_filter(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -200,11 +199,9 @@ class SaturationTracker:
             self.writer = V.make_writer(save_to, writer_args)
             V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
 
-        self.logs: dict[str, dict[str, TorchCovarianceMatrix]] = {f"{m}-{_COV}": {} for m in S.MODES}
-        self.seen_samples: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
-        self._forward_counts: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
-        # (mode, layer) -> feature order of a conv 'flatten' state (see views.flatten_view).
-        self._flatten_order: dict[tuple[str, str], views.FlattenOrder] = {}
+        self._recorder = LayerRecorder(self._new_state, self.log_interval, self.max_samples)
+        # delve's attribute names, shared with the recorder (user code reads them).
+        self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
         self.epoch = self.initial_epoch
         for name, layer in self.layers.items():
@@ -213,40 +210,28 @@ class SaturationTracker:
         if self.initial_epoch != 0:
             self.writer.resume_from_saved_state(self.initial_epoch)
 
+    def _new_state(self, mode: str) -> TorchCovarianceMatrix:
+        return TorchCovarianceMatrix(
+            device=self.device,
+            save_data="embed" in self._mode_stats[mode],
+            backend=self.backend,
+            precision=self.precision,
+            max_saved_samples=self.max_saved_samples,
+        )
+
     def _make_hook(self, name: str, kind: str) -> Callable[..., None]:
-        view_fn = views.VIEWS[kind]
+        view_fn, recorder = views.VIEWS[kind], self._recorder
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self.record:
                 return
             mode = "train" if module.training else "eval"
-            counts = self._forward_counts[mode]
-            counts[name] = counts.get(name, 0) + 1
-            if counts[name] % self.log_interval:
+            record, room = recorder.admit(mode, name)
+            if not record:
                 return
-            room = None
-            if self.max_samples is not None:
-                room = self.max_samples - self.seen_samples[mode].get(name, 0)
-                if room <= 0:
-                    return
-            key = (mode, name)
-            batch = view_fn(module, output, self._view_options, room, self._flatten_order.get(key))
-            if batch is None:
-                return
-            if batch.flatten_order is not None:
-                self._flatten_order.setdefault(key, batch.flatten_order)
-            self.seen_samples[mode][name] = self.seen_samples[mode].get(name, 0) + batch.rows
-            state = self.logs[f"{mode}-{_COV}"].get(name)
-            if state is None:
-                state = TorchCovarianceMatrix(
-                    device=self.device,
-                    save_data="embed" in self._mode_stats[mode],
-                    backend=self.backend,
-                    precision=self.precision,
-                    max_saved_samples=self.max_saved_samples,
-                )
-                self.logs[f"{mode}-{_COV}"][name] = state
-            state.update_view(batch.view)
+            batch = view_fn(module, output, self._view_options, room, recorder.flatten_order(mode, name))
+            if batch is not None:
+                recorder.fold(mode, name, batch)
 
         # Under torch.compile the hook runs eagerly: tracing its Python
         # bookkeeping would only force a recompile on every counter change.
@@ -303,15 +288,6 @@ class SaturationTracker:
             self.writer.close()
 
     # -------------------------------------------------------- statistics
-    def _pending(self) -> list[tuple[str, str, TorchCovarianceMatrix]]:
-        """(mode, layer, state) for every layer and mode with data, in layer order."""
-        return [
-            (mode, name, state)
-            for mode in S.MODES
-            for name in self.layers
-            if (state := self.logs[f"{mode}-{_COV}"].get(name)) is not None and state.n_samples > 0
-        ]
-
     def compute_saturations(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Compute every requested statistic from the covariances gathered so far.
 
@@ -329,8 +305,8 @@ class SaturationTracker:
             ``<mode>-embedded-sample_<layer>`` to ``(n, 2)`` arrays (``embed``).
         """
         entries = [
-            (mode, name, state, partial(views.covariance_in_chw_order, order=self._flatten_order.get((mode, name))))
-            for mode, name, state in self._pending()
+            (mode, name, state, partial(views.covariance_in_chw_order, order=self._recorder.flatten_order(mode, name)))
+            for mode, name, state in self._recorder.pending(self.layers)
         ]
         return S.compute_layers(
             entries, self._mode_stats, self.threshold, self.idim_rule, average=self.average_sat, backend=self.backend
@@ -365,12 +341,7 @@ class SaturationTracker:
         for key, value in values.items():
             if key.startswith("average-"):
                 self.writer.add_scalar(key, value, global_step=self.epoch)
-        if self.reset_covariance:
-            for mode, name, state in self._pending():
-                state.reset()
-                self._flatten_order.pop((mode, name), None)
-        for mode in S.MODES:
-            self.seen_samples[mode] = {}
+        self._recorder.end_epoch(self.layers, self.reset_covariance)
         self.epoch += 1
         if save:
             self.save()

@@ -1,0 +1,111 @@
+"""Per-layer, per-mode bookkeeping of what the forward hooks record.
+
+:class:`LayerRecorder` owns one covariance state per (mode, layer) and the
+counters that decide whether a forward pass is recorded at all
+(``log_interval``, ``max_samples``). The tracker's hooks ask it, view the
+output, and hand the batch back; the tracker itself keeps no counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from delve_fast import stats as S
+from delve_fast import views
+from delve_fast.covariance import TorchCovarianceMatrix
+
+__all__ = ["LayerRecorder", "Pending"]
+
+_COV = S.STATMAP["cov"]
+
+#: ``(mode, layer name, state)`` of a layer and mode that holds samples.
+Pending = tuple[str, str, TorchCovarianceMatrix]
+
+
+class LayerRecorder:
+    """The covariance states and recording counters of every tracked layer and mode.
+
+    Parameters
+    ----------
+    make_state : callable
+        ``make_state(mode)`` builds the empty state of a layer the first time
+        it is recorded in ``mode``.
+    log_interval : int
+        Record every ``log_interval``-th forward pass (counted per layer and mode).
+    max_samples : int, optional
+        Batch rows (dim 0 entries) recorded per layer and mode between two
+        :meth:`end_epoch` calls; ``None`` means no limit.
+
+    Attributes
+    ----------
+    logs : dict
+        ``'<mode>-covariance-matrix'`` to ``{layer: state}``, delve's layout.
+    seen_samples : dict
+        ``mode`` to ``{layer: batch rows recorded this epoch}``.
+    """
+
+    def __init__(
+        self, make_state: Callable[[str], TorchCovarianceMatrix], log_interval: int, max_samples: int | None
+    ) -> None:
+        self._make_state = make_state
+        self.log_interval = log_interval
+        self.max_samples = max_samples
+        self.logs: dict[str, dict[str, TorchCovarianceMatrix]] = {f"{m}-{_COV}": {} for m in S.MODES}
+        self.seen_samples: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
+        self.forward_counts: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
+        # (mode, layer) -> feature order of a conv 'flatten' state (see views.flatten_view).
+        self.flatten_orders: dict[tuple[str, str], views.FlattenOrder] = {}
+
+    def admit(self, mode: str, name: str) -> tuple[bool, int | None]:
+        """Count one forward pass; say whether to record it and how many rows fit.
+
+        Returns
+        -------
+        record : bool
+            False when ``log_interval`` skips this pass or ``max_samples`` is reached.
+        room : int or None
+            Batch rows still allowed this epoch (``None``: no limit).
+        """
+        counts = self.forward_counts[mode]
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] % self.log_interval:
+            return False, None
+        if self.max_samples is None:
+            return True, None
+        room = self.max_samples - self.seen_samples[mode].get(name, 0)
+        return room > 0, room
+
+    def flatten_order(self, mode: str, name: str) -> views.FlattenOrder | None:
+        """The feature order a ``flatten`` state of this layer started with, if any."""
+        return self.flatten_orders.get((mode, name))
+
+    def fold(self, mode: str, name: str, batch: views.Batch) -> None:
+        """Fold a viewed batch into the layer's state, creating the state on first use."""
+        if batch.flatten_order is not None:
+            self.flatten_orders.setdefault((mode, name), batch.flatten_order)
+        seen = self.seen_samples[mode]
+        seen[name] = seen.get(name, 0) + batch.rows
+        states = self.logs[f"{mode}-{_COV}"]
+        state = states.get(name)
+        if state is None:
+            state = states[name] = self._make_state(mode)
+        state.update_view(batch.view)
+
+    def pending(self, layer_names: Iterable[str]) -> list[Pending]:
+        """Every layer and mode with samples, modes first, then in ``layer_names`` order."""
+        names = list(layer_names)
+        return [
+            (mode, name, state)
+            for mode in S.MODES
+            for name in names
+            if (state := self.logs[f"{mode}-{_COV}"].get(name)) is not None and state.n_samples > 0
+        ]
+
+    def end_epoch(self, layer_names: Iterable[str], reset: bool) -> None:
+        """Start the next epoch: reset the states (when ``reset``) and the ``max_samples`` budget."""
+        if reset:
+            for mode, name, state in self.pending(layer_names):
+                state.reset()
+                self.flatten_orders.pop((mode, name), None)
+        for mode in S.MODES:
+            self.seen_samples[mode] = {}
