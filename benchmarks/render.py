@@ -1,6 +1,7 @@
-"""Turn the benchmark run's JSON into ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+"""Render the benchmark run's JSON as ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
-Usage: ``python -m benchmarks.report [--json PATH] [--out docs/benchmarks.md]``.
+Usage: ``python -m benchmarks.render [--json PATH] [--out docs/benchmarks.md]``.
+(Not to be confused with :mod:`delve_fast.report`, the tracker's report of a training run.)
 Every figure, and every target verdict, is computed from the JSON of the run.
 """
 
@@ -11,7 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import CASES_BY_ID, REPO_ROOT, RESULTS_JSON, TARGETS, UPDATE_CASES
+from benchmarks.config import REPO_ROOT, RESULTS_JSON, TARGETS
+from benchmarks.update_cases import CASES_BY_ID, UPDATE_CASES
 
 PATH_LABELS = {
     "compiled": "compiled",
@@ -44,9 +46,8 @@ def _interval_cell(iv: list[float] | None) -> str:
 
 
 def _interval_text(training: dict, variant: str) -> str:
-    """`` (95% interval a to b)`` for a training variant, or nothing for runs that predate it."""
-    iv = training.get("overhead_interval_95", {}).get(variant)
-    return "" if iv is None else f" (95% interval {_interval_cell(iv)})"
+    """`` (95% interval a to b)`` for a training variant."""
+    return f" (95% interval {_interval_cell(training['overhead_interval_95'][variant])})"
 
 
 def _x(ratio: float | None) -> str:
@@ -68,7 +69,7 @@ class Results:
         self.gemm_rate: float | None = None
         self.case_gemm_rate: dict[str, float] = {}
         self.update_times: dict[str, dict[str, list[float]]] = {}
-        # First calls of each turn (right after another path ran); empty for runs that timed one call per turn.
+        # First calls of each turn (right after another path ran).
         self.update_first: dict[str, dict[str, float]] = {}
         self.update_first_times: dict[str, dict[str, list[float]]] = {}
         self.steady_calls = 0
@@ -89,11 +90,10 @@ class Results:
                 meds.pop("control_gemm", None)
                 self.control_n = info.get("control_n")
                 self.update[info["case"]] = meds
-                self.update_times[info["case"]] = info.get("times_s", {})
-                if "first_times_s" in info:
-                    self.update_first_times[info["case"]] = info["first_times_s"]
-                    self.update_first[info["case"]] = dict(info["first_median_s"])
-                    self.steady_calls = info.get("steady_calls", 0)
+                self.update_times[info["case"]] = info["times_s"]
+                self.update_first_times[info["case"]] = info["first_times_s"]
+                self.update_first[info["case"]] = dict(info["first_median_s"])
+                self.steady_calls = info["steady_calls"]
                 self.update_gemm_flops = info["gemm_flops"]
                 if gemm:
                     self.case_gemm_rate[info["case"]] = info["gemm_flops"] / gemm
@@ -103,9 +103,9 @@ class Results:
                 self.reduction = dict(info["median_s"])
                 self.reduction_match = info.get("stats_match_delve")
                 self.reduction_err = info.get("eigvals_max_rel_err")
-            elif kind == "memory" and "extra_mib" in info:
+            elif kind == "memory":
                 self.memory.append(info)
-            elif kind == "training" and "overhead" in info:
+            elif kind == "training":
                 self.training = info
 
     # --- derived figures
@@ -120,11 +120,8 @@ class Results:
     def _paired(self, case_id: str, num: str, den: str) -> float | None:
         """Median over rounds of t_num / t_den, both timed in the same round (robust to speed changes)."""
         t = self.update_times.get(case_id, {})
-        if num in t and den in t and len(t[num]) == len(t[den]) and t[num]:
+        if num in t and den in t and t[num]:
             return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
-        row = self.update.get(case_id, {})
-        if num in row and den in row:
-            return row[num] / row[den]
         return None
 
     def speedup(self, case_id: str, path: str = "compiled") -> float | None:
@@ -143,14 +140,8 @@ class Results:
                 return None
             ratio = statistics.median(g / p for g, p in zip(t_gemm, t_path, strict=True))
             return ratio * CASES_BY_ID[case_id].syrk_flops / self.update_gemm_flops
-        if self.update_times.get(case_id, {}).get("gemm") and self.update_gemm_flops:
-            ratio = self._paired(case_id, "gemm", path)  # t_gemm / t_path
-            return None if ratio is None else ratio * CASES_BY_ID[case_id].syrk_flops / self.update_gemm_flops
-        row = self.update.get(case_id, {})
-        roof = self.roofline_s(case_id)
-        if path in row and roof:
-            return roof / row[path]
-        return None
+        ratio = self._paired(case_id, "gemm", path)  # t_gemm / t_path
+        return None if ratio is None else ratio * CASES_BY_ID[case_id].syrk_flops / self.update_gemm_flops
 
     def _first_call_costs(self, path: str) -> list[float]:
         """first / steady - 1 of ``path``'s median call times, one per conv shape that has both."""
@@ -236,11 +227,10 @@ class Results:
             )
         else:
             out.append(("update op never slower than delve at any listed shape", "not measured", None))
-        steady = " in steady state" if self.update_first_times else ""
         for name, first in (
             (
                 f"update op ≥ {t['roofline_fraction_conv_min']} of roofline at every conv shape (incl. "
-                f"channels_last){steady}",
+                "channels_last) in steady state",
                 False,
             ),
             ("the same, first call after another path (a stricter reading of the target)", True),
@@ -323,10 +313,7 @@ def update_table(r: Results) -> list[str]:
     head += ["roofline ms", "compiled vs delve", "twin vs delve"]
     if mixed:
         head.append("mixed vs delve")
-    first = bool(r.update_first_times)
-    head += ["fraction of roofline"]
-    if first:
-        head += ["compiled ms, first call", "fraction of roofline, first call"]
+    head += ["fraction of roofline", "compiled ms, first call", "fraction of roofline, first call"]
     head += ["fp64 GFLOP/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in UPDATE_CASES:
@@ -346,12 +333,11 @@ def update_table(r: Results) -> list[str]:
             cells.append(_x(r.speedup(case.id, "compiled_mixed")))
         frac = r.roofline_fraction(case.id)
         cells.append("–" if frac is None else f"{frac:.2f}")
-        if first:
-            frac_first = r.roofline_fraction(case.id, first=True)
-            cells += [
-                _ms(r.update_first.get(case.id, {}).get("compiled")),
-                "–" if frac_first is None else f"{frac_first:.2f}",
-            ]
+        frac_first = r.roofline_fraction(case.id, first=True)
+        cells += [
+            _ms(r.update_first.get(case.id, {}).get("compiled")),
+            "–" if frac_first is None else f"{frac_first:.2f}",
+        ]
         rate = r.rate(case.id)
         cells.append("–" if rate is None else f"{rate / 1e9:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -368,7 +354,7 @@ def training_section(r: Results) -> list[str]:
     lines = [
         f"{tr['rounds']} rounds after warm-up; each round runs one SGD step (batch {tr['batch']}) of every model, "
         "in an order that rotates each round. Medians of the step times; overhead = median with / median without − 1 "
-        "(the issue's definition, used for the verdict). The 95% interval is a bootstrap over rounds, each round's "
+        "(the definition the targets use). The 95% interval is a bootstrap over rounds, each round's "
         "pair of steps resampled together (2000 resamples, fixed seed): how far the overhead could move on a rerun "
         "of the same length. "
         f"`add_saturations()` is timed separately (median of {len(next(iter(sat.values()), []))} calls) and amortised over "
@@ -385,8 +371,8 @@ def training_section(r: Results) -> list[str]:
         s = statistics.median(sat[v]) if sat.get(v) else None
         lines.append(
             f"| {VARIANT_LABELS.get(v, v)} | {med[v]:.1f} | {tr['overhead'][v]:+.1%} | "
-            f"{_interval_cell(tr.get('overhead_interval_95', {}).get(v))} | "
-            f"{_pct(tr.get('overhead_paired', {}).get(v))} | "
+            f"{_interval_cell(tr['overhead_interval_95'].get(v))} | "
+            f"{_pct(tr['overhead_paired'].get(v))} | "
             f"{'–' if s is None else f'{s:.1f}'} | {'–' if s is None else f'{s / epoch_ms:.3%}'} |"
         )
     if tr.get("tracker_note"):
@@ -449,7 +435,7 @@ def render_markdown(r: Results, png_name: str | None) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Generated by `make bench` (`pytest benchmarks --benchmark-only`, then `python -m benchmarks.report`) "
+        "Generated by `make bench` (`pytest benchmarks --benchmark-only`, then `python -m benchmarks.render`) "
         f"from the run of {r.datetime or 'unknown date'}. Do not edit by hand.",
         "",
         machine_line(r),
@@ -458,7 +444,7 @@ def render_markdown(r: Results, png_name: str | None) -> str:
         "and expect ±10–20 % between runs.",
         *load_warning(r),
         "",
-        "## Targets (issue 5)",
+        "## Targets",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
