@@ -9,5 +9,6 @@ Modules: ``bench_*.py`` are the pytest files (collected by ``conftest.py`` only)
 ``config`` (paths, threads, targets), ``update_cases``, ``reduction`` and
 ``training`` (what each benchmark measures), ``timing`` (interleaved rounds,
 bootstrap interval), ``machine`` (the machine line), ``memprobe`` (the memory
-probe's subprocess) and ``render`` (the report page).
+probe's subprocess), ``results`` (a run's figures and the targets' verdicts) and
+``render`` (the report page and chart).
 """

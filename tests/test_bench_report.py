@@ -14,7 +14,8 @@ import torch
 
 from benchmarks.config import TARGETS
 from benchmarks.reduction import reduction_covariances, reduction_delve, reduction_fast
-from benchmarks.render import Results, render_markdown
+from benchmarks.render import render_markdown
+from benchmarks.results import Results
 from benchmarks.timing import interleaved_turns, overhead_interval
 from benchmarks.update_cases import CASES_BY_ID, GEMM_N
 from delve_fast import stats
