@@ -39,7 +39,7 @@ demo: install
 bench: install
 	$(PIP) install --quiet "pytest-benchmark>=4" "psutil>=5" "delve==0.1.50" tensorboardX
 	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider $(PYTEST_ARGS)
-	$(PY) -m benchmarks.report
+	$(PY) -m benchmarks.render
 
 $(VENV)/.dev_tools_installed: $(VENV)/bin/python
 	$(PIP) install --quiet "ruff>=0.5" "clang-format>=17"

@@ -1,4 +1,4 @@
-"""Issue 5, part 4: peak extra resident memory of one update on a 1 GiB fp32 activation.
+"""Peak extra resident memory of one update on a 1 GiB fp32 activation.
 
 Each path runs in its own fresh interpreter (:mod:`benchmarks.memprobe`) so the
 allocators of one path never hide the peak of another. The compiled op also
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.config import REPO_ROOT
 
 GIB_SHAPE = (64, 256, 128, 128)  # 64·256·128·128·4 B = 1 GiB
 QUARTER_SHAPE = (16, 256, 128, 128)

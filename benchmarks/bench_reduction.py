@@ -1,4 +1,4 @@
-"""Issue 5, part 2: the eigenvalue reduction of the training model's 9 tracked layers.
+"""The eigenvalue reduction of the training model's 9 tracked layers.
 
 All paths are timed in interleaved rounds (see :mod:`benchmarks.bench_update`).
 """
@@ -9,7 +9,8 @@ import statistics
 
 import pytest
 
-from benchmarks.common import TRACKED_SIZES, interleaved_times, reduction_covariances, reduction_delve, reduction_fast
+from benchmarks.reduction import TRACKED_SIZES, reduction_covariances, reduction_delve, reduction_fast
+from benchmarks.timing import interleaved_times
 from delve_fast import ops
 
 

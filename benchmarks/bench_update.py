@@ -1,7 +1,7 @@
-"""Issue 5, part 1: the covariance update op over the listed batch shapes, and the fp64 GEMM roofline.
+"""The covariance update op over the listed batch shapes, and the fp64 GEMM roofline.
 
 For each batch shape one test times every path *and* the roofline's fp64
-GEMM in interleaved rounds (:func:`benchmarks.common.interleaved_turns`),
+GEMM in interleaved rounds (:func:`benchmarks.timing.interleaved_turns`),
 so the ratios in the report compare measurements taken under the same load.
 Each turn times a path's first call after another path ran, then
 ``STEADY_CALLS`` more calls: the steady state, in which the roofline's GEMM is
@@ -18,16 +18,8 @@ import statistics
 
 import pytest
 
-from benchmarks.common import (
-    GEMM_N,
-    UPDATE_CASES,
-    UPDATE_PATHS,
-    has_precision_arg,
-    interleaved_turns,
-    make_gemm_fn,
-    make_input,
-    make_update_fn,
-)
+from benchmarks.timing import interleaved_turns
+from benchmarks.update_cases import GEMM_N, UPDATE_CASES, UPDATE_PATHS, make_gemm_fn, make_input, make_update_fn
 
 BUDGET_S = float(os.environ.get("DELVE_FAST_BENCH_UPDATE_BUDGET_S", "6"))
 #: Calls after the first one in every turn; their mean is the turn's steady time.
@@ -46,9 +38,6 @@ def _available_paths() -> tuple[list[str], dict[str, str]]:
             except ImportError:
                 skipped[path] = "delve 0.1.50 is not installed (pip install delve==0.1.50)"
                 continue
-        if path == "compiled_mixed" and not has_precision_arg():
-            skipped[path] = "ops.cov_update_ has no precision= argument yet"
-            continue
         paths.append(path)
     return paths, skipped
 

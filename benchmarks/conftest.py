@@ -1,8 +1,8 @@
 """pytest set-up for ``pytest benchmarks --benchmark-only``.
 
 - collects ``bench_*.py`` (so the default test run never picks them up);
-- pins torch to :data:`benchmarks.common.THREADS` threads;
-- writes pytest-benchmark's JSON to :data:`benchmarks.common.RESULTS_JSON`
+- pins torch to :data:`benchmarks.config.THREADS` threads;
+- writes pytest-benchmark's JSON to :data:`benchmarks.config.RESULTS_JSON`
   unless ``--benchmark-json`` was given, and adds the machine line to it.
 """
 
@@ -13,7 +13,8 @@ import os
 import pytest
 import torch
 
-from benchmarks.common import RESULTS_JSON, THREADS, machine_info
+from benchmarks.config import RESULTS_JSON, THREADS
+from benchmarks.machine import machine_info
 
 
 def pytest_collect_file(parent, file_path):

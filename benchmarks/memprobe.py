@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import THREADS, UpdateCase, delve_matrix, make_update_fn
+from benchmarks.config import THREADS
+from benchmarks.update_cases import UpdateCase, delve_matrix, make_update_fn
 
 _STATUS = Path("/proc/self/status")
 

@@ -1,4 +1,4 @@
-// Shared declarations and argument checks for the delve_fast ops.
+// Contract constants and argument checks shared by every device's kernels of the delve_fast ops.
 #pragma once
 
 #include <torch/types.h>
@@ -7,6 +7,12 @@
 #include <vector>
 
 namespace delve_fast {
+
+// cov_update_ on an empty state (count == 0) shifts every sample by the mean of
+// the batch's first kShiftSamples samples (or all of them, if fewer) before
+// forming products; with count > 0 the running mean is the shift. Both kernels
+// use the same window, so they round alike (docs/ops.md).
+constexpr int64_t kShiftSamples = 256;
 
 // Validates the state and batch of cov_update_ and returns C.
 inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& x, int64_t count) {

@@ -31,15 +31,9 @@ PYBIND11_MODULE(_C, m) {
         info["cuda_version"] = py::none();
 #endif
         info["cpu_kernel_isa"] = delve_fast::gram_kernel_isa();
-        py::list kernels;
-        kernels.append("cov_update_:cpu");
-        kernels.append("eigvalsh_desc:cpu");
-#ifdef DELVE_FAST_WITH_CUDA
-        kernels.append("cov_update_:cuda");
-        kernels.append("eigvalsh_desc:cuda");
-#endif
-        info["kernels"] = kernels;
+        // Which ops have kernels on which device is the dispatcher's to say
+        // (torch._C._dispatch_has_kernel_for_dispatch_key); delve_fast.backend_info() asks it.
         return info;
       },
-      "Return the torch version, compiler and kernels this extension was built with.");
+      "Return the torch version, compiler, CUDA version and CPU kernel ISA this extension was built with.");
 }

@@ -1,93 +1,162 @@
-"""Python entry points of the two heavy ops, with backend selection.
+"""Python entry points of the compiled ops, with backend selection.
 
-``cov_update_`` and ``eigvalsh_desc`` route to ``torch.ops.delve_fast.*`` when
-the compiled extension is loaded and has a kernel for the tensor's device, and
-to the pure-torch twin in :mod:`delve_fast._reference` otherwise. The choice
-is ``auto`` (default), ``cpp`` (a missing kernel is an error) or ``torch``
-(always the twin); it comes from the ``backend`` argument or the
-``DELVE_FAST_BACKEND`` environment variable.
+Every op is one row of :data:`OPS`: its name in ``torch.ops.delve_fast``, the
+Python wrapper users call, the fake (meta) implementation registered for
+``opcheck`` and ``torch.compile``, the pure-torch twin in
+:mod:`delve_fast._reference`, and the first-use self-check of an accelerator's
+kernel. Backend selection, fake registration, :func:`backend_info` and the
+self-check all iterate that table; which kernels exist is asked of the
+dispatcher, per op and per device type.
+
+A wrapper routes to ``torch.ops.delve_fast.<op>`` when the compiled extension
+is loaded and registers a kernel for the tensor's device, and to the twin
+otherwise. The choice is ``auto`` (default), ``cpp`` (a missing kernel is an
+error) or ``torch`` (always the twin); it comes from the ``backend`` argument or
+the ``DELVE_FAST_BACKEND`` environment variable.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from delve_fast import _loader, _reference
 
-__all__ = ["cov_update_", "eigvalsh_desc", "backend_info", "resolve_backend", "has_compiled_kernel"]
+__all__ = [
+    "cov_update_",
+    "eigvalsh_desc",
+    "backend_info",
+    "resolve_backend",
+    "has_compiled_kernel",
+    "check_precision",
+    "PRECISIONS",
+    "OPS",
+    "SELF_CHECK_ENV_VAR",
+]
 
-# Devices whose compiled kernel disagreed with the twin on its first-use check.
-_distrusted_devices: set[str] = set()
-_verified_devices: set[str] = set()
+PRECISIONS = ("double", "mixed")
+
+#: Set to ``0`` to skip the first-use self-check of accelerator kernels.
+SELF_CHECK_ENV_VAR = "DELVE_FAST_SELF_CHECK"
+
+#: Device types whose kernels the test-suite runs on every machine, so they skip the first-use check.
+#: Every other device type (CUDA) proves its kernels against the twin once per device and process.
+_SUITE_TESTED_DEVICE_TYPES = frozenset({"cpu"})
+
+# Self-check verdicts, keyed by (op name, device) with the device as "cuda:0":
+# True = the kernel agreed with the twin, False = it disagreed or raised.
+_trust: dict[tuple[str, str], bool] = {}
 
 
-def _register_fakes() -> None:
-    """Give each op a fake (meta) implementation for opcheck and torch.compile."""
+def check_precision(precision: str) -> str:
+    """Validate a ``precision`` argument and return it.
 
-    @torch.library.register_fake("delve_fast::cov_update_")
-    def _cov_update_fake(mean, m2, x, count, mixed=False):  # noqa: ARG001
-        return None
-
-    @torch.library.register_fake("delve_fast::eigvalsh_desc")
-    def _eigvalsh_desc_fake(covs):
-        return [c.new_empty((c.shape[-1],)) for c in covs]
-
-
-if _loader.extension() is not None:
-    _register_fakes()
+    Raises
+    ------
+    ValueError
+        If ``precision`` is not ``"double"`` or ``"mixed"``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; valid choices are {', '.join(PRECISIONS)}")
+    return precision
 
 
-def has_compiled_kernel(device_type: str) -> bool:
-    """Whether the compiled extension has kernels for ``device_type``.
+# ----------------------------------------------------------------------------- kernels known to the dispatcher
+
+
+@functools.cache
+def _dispatcher_has_kernel(qualname: str, device_type: str) -> bool:
+    """Whether the dispatcher holds a kernel registered for ``device_type`` itself (not a composite one)."""
+    key = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}.get(device_type)
+    if key is None:
+        return False
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+    except RuntimeError:  # the op is not registered at all
+        return False
+
+
+def has_compiled_kernel(device_type: str, op: str | None = None) -> bool:
+    """Whether the compiled extension has a kernel for ``device_type``.
 
     Parameters
     ----------
     device_type : str
         A ``torch.device.type`` such as ``"cpu"`` or ``"cuda"``.
+    op : str, optional
+        One op of :data:`OPS` (e.g. ``"cov_update_"``); ``None`` asks whether
+        every op has one.
     """
-    info = _loader.build_info()
-    if not info:
+    if _loader.extension() is None:
         return False
-    if device_type == "cpu":
-        return True
-    if device_type == "cuda":
-        return bool(info.get("cuda"))
-    return False
+    names = list(OPS) if op is None else [_spec(op).name]
+    return all(_dispatcher_has_kernel(OPS[name].qualname, device_type) for name in names)
+
+
+def _device_key(device: torch.device | str) -> str:
+    """``"cuda:0"`` for a CUDA device with or without an index; ``"cpu"`` for the CPU."""
+    device = torch.device(device)
+    if device.index is None and device.type == "cuda" and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def _self_check_enabled() -> bool:
+    return os.environ.get(SELF_CHECK_ENV_VAR, "1").strip() != "0"
+
+
+def _distrusted(device: torch.device | str) -> list[str]:
+    """Names of the ops whose kernel failed its self-check on ``device`` (any index, for a bare type)."""
+    device = torch.device(device)
+    key = _device_key(device)
+    out = []
+    for (op, dev), ok in _trust.items():
+        same = dev == key or (device.index is None and torch.device(dev).type == device.type)
+        if same and not ok:
+            out.append(op)
+    return out
 
 
 def resolve_backend(device_type: str = "cpu", backend: str | None = None) -> str:
-    """Decide which implementation serves a tensor on ``device_type``.
+    """Decide which implementation serves tensors on ``device_type``.
 
     Parameters
     ----------
     device_type : str
-        Device type of the tensors the op will see.
+        Device type (``"cuda"``) or device (``"cuda:1"``) of the tensors the ops will see.
     backend : str, optional
         ``auto``, ``cpp`` or ``torch``; ``None`` reads ``DELVE_FAST_BACKEND``.
 
     Returns
     -------
     str
-        ``"cpp"`` or ``"torch"``.
+        ``"cpp"`` when every op has a trusted compiled kernel there, else ``"torch"``.
 
     Raises
     ------
     RuntimeError
-        If ``cpp`` is requested and no compiled kernel exists for the device.
+        If ``cpp`` is requested and a compiled kernel is missing or failed its self-check.
     """
     want = _loader.requested_backend(backend)
     if want == "torch":
         return "torch"
-    if has_compiled_kernel(device_type) and device_type not in _distrusted_devices:
+    device = torch.device(device_type)
+    missing = [name for name in OPS if not has_compiled_kernel(device.type, name)]
+    failed = _distrusted(device)
+    if not missing and not failed:
         return "cpp"
     if want == "cpp":
-        why = _loader.load_error() or f"no compiled kernel for device type {device_type!r}"
-        if device_type in _distrusted_devices:
-            why = f"the {device_type} kernel failed its self-check against the pure-torch twin"
+        if failed:
+            why = f"the compiled {', '.join(failed)} kernel on {device} failed its self-check against the twin"
+        else:
+            why = _loader.load_error() or f"no compiled {', '.join(missing)} kernel for device type {device.type!r}"
         raise RuntimeError(
             f"delve_fast backend 'cpp' was requested but cannot be used: {why}. "
             "Rebuild the extension (pip install --no-build-isolation .) or choose backend='auto' or 'torch'."
@@ -97,38 +166,131 @@ def resolve_backend(device_type: str = "cpu", backend: str | None = None) -> str
     return "torch"
 
 
-def _self_check(device: torch.device) -> bool:
-    """Compare a device's compiled kernel with the twin once per process.
+# ----------------------------------------------------------------------------- the first-use self-check
 
-    The CPU kernel is covered by the test-suite; accelerator kernels cannot be
-    tested on machines without the device, so they prove themselves on first
-    use and are replaced by the twin (with a warning) if they disagree.
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+    """Entrywise ``|a - e| <= rtol * (largest |e| + 1)``: a scale-aware bound for one state tensor."""
+    expected = expected.to(torch.float64)
+    scale = float(expected.abs().max()) + 1.0 if expected.numel() else 1.0
+    diff = (actual.to(torch.float64) - expected).abs()
+    return bool(torch.isfinite(actual).all()) and bool((diff <= rtol * scale).all())
+
+
+#: (C, N, S) of the covariance self-check. C = 70 is more than one 64-wide CUDA Gram tile (and more than
+#: two 32-wide merge tiles), and its 1050 samples make the CUDA kernel split the samples in two.
+_COV_CHECK_SHAPES = ((5, 40, 3), (37, 12, 5), (70, 350, 3))
+_CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_cov_update(kernel: Callable[..., Any], device: torch.device) -> bool:
+    """Compare the ``cov_update_`` kernel with the twin on ``device``, over two updates per case.
+
+    Every input dtype and both precisions are run, each with one of three
+    feature counts (both precisions see the largest), in the NCHW and the
+    features-adjacent layouts. The twin runs in float64 on the same values:
+    double must agree to 1e-9 of the largest entry (float64 round-off over a
+    thousand samples is ~1e-13), mixed to the documented float32-tile bound of 1e-4.
     """
-    key = device.type
-    if key == "cpu" or key in _verified_devices:
-        return True
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = (torch.randn(5, 37, 11, generator=gen, dtype=torch.float32) * 3 + 2).to(device)
-    states = []
-    for fn in (torch.ops.delve_fast.cov_update_, _reference.cov_update_):
-        mean = torch.zeros(37, dtype=torch.float64, device=device)
-        m2 = torch.zeros(37, 37, dtype=torch.float64, device=device)
-        fn(mean, m2, x, 0)
-        fn(mean, m2, x[:3], 55)
-        states.append((mean, m2))
-    (m_a, g_a), (m_b, g_b) = states
-    ok = torch.allclose(m_a, m_b, rtol=1e-9, atol=1e-9) and torch.allclose(g_a, g_b, rtol=1e-9, atol=1e-7)
-    if ok:
-        _verified_devices.add(key)
-    else:
-        _distrusted_devices.add(key)
-        warnings.warn(
-            f"delve_fast: the compiled {key} covariance kernel disagrees with the pure-torch twin; "
-            "falling back to the twin for this device",
-            RuntimeWarning,
-            stacklevel=3,
+    for i, (dtype, precision) in enumerate(itertools.product(_CHECK_DTYPES, PRECISIONS)):
+        c, n, s = _COV_CHECK_SHAPES[i % len(_COV_CHECK_SHAPES)]
+        x = (torch.randn(n, c, s, generator=gen, dtype=torch.float64) * 3 + 2).to(dtype)
+        if i % 2:
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)  # features adjacent, samples strided
+        x = x.to(device)
+        mixed = precision == "mixed"
+        states = []
+        for fn, fn_mixed in ((kernel, mixed), (_reference.cov_update_, False)):
+            mean = torch.zeros(c, dtype=torch.float64, device=device)
+            m2 = torch.zeros(c, c, dtype=torch.float64, device=device)
+            fn(mean, m2, x, 0, fn_mixed)
+            fn(mean, m2, x[: n // 3 + 1], n * s, fn_mixed)
+            states.append((mean.cpu(), m2.cpu()))
+        (mean_k, m2_k), (mean_t, m2_t) = states
+        rtol = 1e-4 if mixed else 1e-9
+        if not (_close(mean_k, mean_t, rtol) and _close(m2_k, m2_t, rtol) and torch.equal(m2_k, m2_k.T)):
+            return False
+    return True
+
+
+def _check_eigvalsh_desc(kernel: Callable[..., Any], device: torch.device) -> bool:
+    """Compare the ``eigvalsh_desc`` kernel with the twin on ``device``.
+
+    Two matrices of one size (solved as a batch on CUDA), another size, and
+    float32: each result must be its own tensor, and agree with the twin to
+    ``16 * n * eps * ||A||``, a few times a backward-stable solver's error.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    mats = []
+    for n, dtype in ((6, torch.float64), (6, torch.float64), (11, torch.float64), (6, torch.float32)):
+        a = torch.randn(n, n + 2, generator=gen, dtype=torch.float64)
+        mats.append((a @ a.T).to(dtype).to(device))
+    got = list(kernel(mats))
+    want = _reference.eigvalsh_desc(mats)
+    if len(got) != len(mats) or len({w.untyped_storage().data_ptr() for w in got}) != len(got):
+        return False
+    for g, w, a in zip(got, want, mats, strict=True):
+        if g.shape != w.shape or g.dtype != w.dtype or g.device != w.device:
+            return False
+        tol = 16 * a.shape[0] * torch.finfo(a.dtype).eps * float(w.max())
+        if not bool(((g.double() - w.double()).abs() <= tol).all()):
+            return False
+    return True
+
+
+def _trusted(spec: OpSpec, device: torch.device, want: str) -> bool:
+    """Whether ``spec``'s kernel may serve ``device``; runs its self-check on first use there.
+
+    A kernel that disagrees with the twin, or raises, fails: under ``auto`` it
+    is replaced by the twin on that device (with a warning); under ``cpp`` that
+    is an error.
+    """
+    if device.type in _SUITE_TESTED_DEVICE_TYPES or spec.self_check is None:
+        return True
+    key = (spec.name, _device_key(device))
+    if key not in _trust:
+        if not _self_check_enabled():
+            return True
+        error: Exception | None = None
+        try:
+            _trust[key] = spec.self_check(spec.kernel(), device)
+        except Exception as exc:  # a kernel that raises on valid input is a failed kernel
+            _trust[key] = False
+            error = exc
+        if not _trust[key]:
+            what = f"raised {type(error).__name__}: {error}" if error else "disagrees with the pure-torch twin"
+            msg = f"delve_fast: the compiled {spec.name} kernel on {key[1]} {what} in its first-use self-check"
+            if want == "cpp":
+                raise RuntimeError(
+                    f"{msg}; backend 'cpp' was requested, so it is not replaced by the twin "
+                    f"(choose backend='auto' to fall back, or set {SELF_CHECK_ENV_VAR}=0 to skip the check)"
+                ) from error
+            warnings.warn(f"{msg}; falling back to the twin for this device", RuntimeWarning, stacklevel=4)
+    if not _trust[key] and want == "cpp":
+        raise RuntimeError(
+            f"delve_fast backend 'cpp' was requested but the compiled {spec.name} kernel on {key[1]} "
+            "failed its self-check against the twin; choose backend='auto' or 'torch'"
         )
-    return ok
+    return _trust[key]
+
+
+def _implementation(op: str, device: torch.device, backend: str | None) -> Callable[..., Any]:
+    """The callable serving ``op`` on ``device``: the compiled kernel or the twin."""
+    spec = OPS[op]
+    want = _loader.requested_backend(backend)
+    if want == "torch":
+        return spec.twin
+    if not has_compiled_kernel(device.type, op):
+        if want == "cpp":
+            resolve_backend(device.type, "cpp")  # raises the explanatory error
+        if _loader.extension() is None:
+            _loader.warn_fallback_once(_loader.load_error() or "not built")
+        return spec.twin
+    return spec.kernel() if _trusted(spec, device, want) else spec.twin
+
+
+# ----------------------------------------------------------------------------- the wrappers
 
 
 def cov_update_(
@@ -154,26 +316,7 @@ def cov_update_(
         ``docs/precision.md`` for its error bound.
     """
     mixed = check_precision(precision) == "mixed"
-    if resolve_backend(x.device.type, backend) == "cpp" and _self_check(x.device):
-        torch.ops.delve_fast.cov_update_(mean, m2, x, int(count), mixed)
-    else:
-        _reference.cov_update_(mean, m2, x, int(count), mixed)
-
-
-PRECISIONS = ("double", "mixed")
-
-
-def check_precision(precision: str) -> str:
-    """Validate a ``precision`` argument and return it.
-
-    Raises
-    ------
-    ValueError
-        If ``precision`` is not ``"double"`` or ``"mixed"``.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported; valid choices are {', '.join(PRECISIONS)}")
-    return precision
+    _implementation("cov_update_", x.device, backend)(mean, m2, x, int(count), mixed)
 
 
 def eigvalsh_desc(covs: Sequence[torch.Tensor], backend: str | None = None) -> list[torch.Tensor]:
@@ -189,14 +332,76 @@ def eigvalsh_desc(covs: Sequence[torch.Tensor], backend: str | None = None) -> l
     Returns
     -------
     list of torch.Tensor
-        Eigenvalues per matrix, largest first.
+        Eigenvalues per matrix, largest first; each its own tensor.
     """
     covs = list(covs)
     if not covs:
         return []
-    if resolve_backend(covs[0].device.type, backend) == "cpp":
-        return list(torch.ops.delve_fast.eigvalsh_desc(covs))
-    return _reference.eigvalsh_desc(covs)
+    return list(_implementation("eigvalsh_desc", covs[0].device, backend)(covs))
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+def _cov_update_fake(mean, m2, x, count, mixed=False):  # noqa: ARG001
+    return None
+
+
+def _eigvalsh_desc_fake(covs):
+    return [c.new_empty((c.shape[-1],)) for c in covs]
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One compiled op and everything the Python side keeps about it."""
+
+    #: Name in ``torch.ops.delve_fast``.
+    name: str
+    #: The public Python entry point (with backend selection).
+    wrapper: Callable[..., Any]
+    #: Fake (meta) implementation: output shapes only, for ``opcheck`` and ``torch.compile``.
+    fake: Callable[..., Any]
+    #: Pure-torch implementation of the same contract: the fallback and the tests' oracle.
+    twin: Callable[..., Any]
+    #: ``check(kernel, device) -> bool``: the first-use comparison with the twin on a device
+    #: the test-suite cannot cover; ``None`` trusts the kernel.
+    self_check: Callable[[Callable[..., Any], torch.device], bool] | None
+
+    @property
+    def qualname(self) -> str:
+        return f"delve_fast::{self.name}"
+
+    def kernel(self) -> Callable[..., Any]:
+        """The compiled op, ``torch.ops.delve_fast.<name>`` (needs the extension)."""
+        return getattr(torch.ops.delve_fast, self.name)
+
+
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec("cov_update_", cov_update_, _cov_update_fake, _reference.cov_update_, _check_cov_update),
+        OpSpec("eigvalsh_desc", eigvalsh_desc, _eigvalsh_desc_fake, _reference.eigvalsh_desc, _check_eigvalsh_desc),
+    )
+}
+
+
+def _spec(op: str) -> OpSpec:
+    if op not in OPS:
+        raise ValueError(f"unknown delve_fast op {op!r}; valid choices are {', '.join(OPS)}")
+    return OPS[op]
+
+
+def _register_fakes() -> None:
+    """Give each op of :data:`OPS` its fake (meta) implementation."""
+    for spec in OPS.values():
+        torch.library.register_fake(spec.qualname)(spec.fake)
+
+
+if _loader.extension() is not None:
+    _register_fakes()
 
 
 def backend_info(backend: str | None = None) -> dict[str, Any]:
@@ -212,14 +417,21 @@ def backend_info(backend: str | None = None) -> dict[str, Any]:
     dict
         ``backend`` (``"cpp"`` or ``"torch"``, for CPU tensors), ``cuda``
         (whether CUDA kernels were built), ``reason`` (a sentence),
-        ``requested`` and ``build`` (the extension's ``build_info()``).
+        ``requested``, ``kernels`` (op name -> device types the dispatcher
+        has a compiled kernel for), ``self_check`` (``"op@device"`` -> whether
+        that kernel passed its first-use check, for the devices checked so far)
+        and ``build`` (the extension's ``build_info()``).
     """
     want = _loader.requested_backend(backend)
     info = _loader.build_info()
+    kernels = {name: [d for d in ("cpu", "cuda") if has_compiled_kernel(d, name)] for name in OPS}
     if want == "torch":
         chosen, reason = "torch", "the pure-torch backend was requested"
-    elif info:
+    elif info and all("cpu" in devs for devs in kernels.values()):
         chosen, reason = "cpp", "compiled extension loaded"
+    elif info:
+        missing = [name for name, devs in kernels.items() if "cpu" not in devs]
+        chosen, reason = "torch", f"compiled extension has no CPU kernel for {', '.join(missing)}"
     else:
         chosen, reason = "torch", f"compiled extension unavailable: {_loader.load_error()}"
         if want == "cpp":
@@ -229,5 +441,7 @@ def backend_info(backend: str | None = None) -> dict[str, Any]:
         "cuda": bool(info.get("cuda", False)),
         "reason": reason,
         "requested": want,
+        "kernels": kernels,
+        "self_check": {f"{op}@{dev}": ok for (op, dev), ok in _trust.items()},
         "build": info,
     }

@@ -8,18 +8,20 @@ import), because the extension is loaded once per process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 import delve_fast
-from delve_fast import _reference, ops
+from delve_fast import ops
 from delve_fast.testing import fresh_state, np_mean_cov, samples_f64
 
 
@@ -43,8 +45,9 @@ def spies(compiled, monkeypatch):
 
     monkeypatch.setattr(compiled, "cov_update_", spy("cpp:cov", compiled.cov_update_))
     monkeypatch.setattr(compiled, "eigvalsh_desc", spy("cpp:eig", compiled.eigvalsh_desc))
-    monkeypatch.setattr(_reference, "cov_update_", spy("torch:cov", _reference.cov_update_))
-    monkeypatch.setattr(_reference, "eigvalsh_desc", spy("torch:eig", _reference.eigvalsh_desc))
+    for name, tag in (("cov_update_", "torch:cov"), ("eigvalsh_desc", "torch:eig")):
+        spec = ops.OPS[name]
+        monkeypatch.setitem(ops.OPS, name, dataclasses.replace(spec, twin=spy(tag, spec.twin)))
     return calls
 
 
@@ -159,24 +162,182 @@ def test_kernel_for_other_device(compiled):  # noqa: ARG001
             ops.resolve_backend("cuda", "cpp")
 
 
-def test_distrusted_kernel_falls_back(compiled, monkeypatch):  # noqa: ARG001
-    """A kernel that failed its first-use self-check is never used again."""
-    monkeypatch.setattr(ops, "_distrusted_devices", {"cpu"})
+# ----------------------------------------------------------------------------- first-use self-check
+#
+# Accelerator kernels check themselves against the twin on first use. The CPU
+# kernels are exempt (the suite covers them), so these tests treat "cpu" as a
+# checked device and inject faulty kernels in place of the compiled op.
+
+
+@pytest.fixture
+def checked_cpu(compiled, monkeypatch):
+    """Make the CPU a self-checked device, with no verdicts yet and the check enabled."""
+    monkeypatch.setattr(ops, "_SUITE_TESTED_DEVICE_TYPES", frozenset())
+    monkeypatch.setattr(ops, "_trust", {})
+    monkeypatch.delenv(ops.SELF_CHECK_ENV_VAR, raising=False)
+    return compiled
+
+
+def _inject(monkeypatch, compiled, name, fn):
+    """Replace ``torch.ops.delve_fast.<name>`` by ``fn``; returns the list of calls it receives."""
+    calls = []
+
+    def wrapper(*args):
+        calls.append(args)
+        return fn(*args)
+
+    monkeypatch.setattr(compiled, name, wrapper)
+    return calls
+
+
+def _state_after_one_update(backend=None):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 9, 3, generator=gen) * 2 + 3
+    mean, m2 = fresh_state(9)
+    ops.cov_update_(mean, m2, x, 0, backend=backend)
+    ref_mean, ref_cov = np_mean_cov(samples_f64(x))
+    return mean, m2 / 150, ref_mean, ref_cov
+
+
+def _assert_state_correct(mean, cov, ref_mean, ref_cov):
+    # fp64 over 150 samples: errors ~1e-15; 1e-10 is a wide margin, far below the injected faults (1e-6).
+    torch.testing.assert_close(mean, torch.from_numpy(ref_mean), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cov, torch.from_numpy(ref_cov), rtol=1e-10, atol=1e-10)
+
+
+def test_self_check_accepts_the_real_kernels(checked_cpu, monkeypatch, recwarn):
+    """The compiled CPU kernels pass the check the accelerators get, and then serve the calls."""
+    calls = _inject(monkeypatch, checked_cpu, "cov_update_", checked_cpu.cov_update_)
+    _assert_state_correct(*_state_after_one_update())
+    (w,) = ops.eigvalsh_desc([torch.eye(3) * 2.0])
+    torch.testing.assert_close(w, torch.full((3,), 2.0))
+    assert not [r for r in recwarn if "delve_fast" in str(r.message)]
+    assert ops.backend_info()["self_check"] == {"cov_update_@cpu": True, "eigvalsh_desc@cpu": True}
+    # The check's own calls, then the user's: the kernel served it.
+    assert len(calls) > 1 and calls[-1][2].shape == (50, 9, 3)
+
+
+def test_self_check_input_covers_tiles_dtypes_and_precisions(checked_cpu, monkeypatch):
+    calls = _inject(monkeypatch, checked_cpu, "cov_update_", checked_cpu.cov_update_)
+    ops.cov_update_(*fresh_state(4), torch.randn(3, 4, 1), 0)
+    check_calls = calls[:-1]
+    seen = [(x.shape[1], x.shape[0] * x.shape[2], x.dtype, mixed) for _, _, x, _, mixed in check_calls]
+    assert {dt for _, _, dt, _ in seen} == {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+    # More than one 64-wide CUDA Gram tile, in both precisions, with enough samples for two sample splits.
+    assert {mixed for c, k, _, mixed in seen if c > 64 and k > 1024} == {False, True}
+    assert len({c for c, _, _, _ in seen}) >= 3
+    # Cases also fold a second batch into a non-empty state (the merge path), in both layouts.
+    assert any(count > 0 for _, _, _, count, _ in check_calls)
+    assert {x.stride(1) == 1 for _, _, x, _, _ in check_calls} == {False, True}
+
+
+def _off_by_a_millionth(real):
+    def kernel(mean, m2, x, count, mixed):
+        real(mean, m2, x, count, mixed)
+        m2.mul_(1 + 1e-6)  # symmetric, plausible, wrong
+
+    return kernel
+
+
+def test_faulty_kernel_is_replaced_by_the_twin_under_auto(checked_cpu, monkeypatch):
+    calls = _inject(monkeypatch, checked_cpu, "cov_update_", _off_by_a_millionth(checked_cpu.cov_update_))
+    with pytest.warns(RuntimeWarning, match=r"cov_update_ kernel on cpu disagrees.*falling back to the twin"):
+        result = _state_after_one_update()
+    _assert_state_correct(*result)
+    checked = len(calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per device, not per call
+        _assert_state_correct(*_state_after_one_update())
+    assert len(calls) == checked, "a kernel that failed its check was called again"
     assert ops.resolve_backend("cpu", "auto") == "torch"
-    with pytest.raises(RuntimeError, match="self-check"):
+    with pytest.raises(RuntimeError, match=r"cov_update_ kernel on cpu failed its self-check"):
         ops.resolve_backend("cpu", "cpp")
+    assert ops.backend_info()["self_check"] == {"cov_update_@cpu": False}
+
+
+def test_raising_kernel_is_replaced_by_the_twin_under_auto(checked_cpu, monkeypatch):
+    def boom(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    _inject(monkeypatch, checked_cpu, "cov_update_", boom)
+    with pytest.warns(RuntimeWarning, match=r"raised RuntimeError: CUDA error: an illegal memory access"):
+        result = _state_after_one_update()
+    _assert_state_correct(*result)
+
+
+def test_raising_kernel_under_cpp_is_a_clear_error(checked_cpu, monkeypatch):
+    def boom(*args):
+        raise RuntimeError("kernel launch failed")
+
+    calls = _inject(monkeypatch, checked_cpu, "cov_update_", boom)
+    mean, m2 = fresh_state(4)
+    with pytest.raises(RuntimeError, match=r"cov_update_ kernel on cpu raised RuntimeError: kernel launch failed"):
+        ops.cov_update_(mean, m2, torch.randn(3, 4, 1), 0, backend="cpp")
+    # The verdict is kept: the next call fails too, without running the kernel again.
+    with pytest.raises(RuntimeError, match=r"backend 'cpp'.*cov_update_ kernel on cpu failed its self-check"):
+        ops.cov_update_(mean, m2, torch.randn(3, 4, 1), 0, backend="cpp")
+    assert len(calls) == 1
+    assert torch.equal(mean, torch.zeros(4, dtype=torch.float64)) and not m2.any()
+
+
+def test_aliasing_eigenvalue_outputs_fail_the_check(checked_cpu, monkeypatch):
+    """Outputs that are rows of one stacked tensor (a batched solve's) make a failed kernel."""
+    real = checked_cpu.eigvalsh_desc
+
+    def aliasing(covs):
+        vals = torch.stack(list(real(covs[:2])))  # the check's first two matrices share a size
+        return [vals[0], vals[1], *real(covs[2:])]
+
+    _inject(monkeypatch, checked_cpu, "eigvalsh_desc", aliasing)
+    with pytest.warns(RuntimeWarning, match="eigvalsh_desc kernel on cpu disagrees"):
+        (w,) = ops.eigvalsh_desc([torch.eye(2, dtype=torch.float64) * 3.0])
+    torch.testing.assert_close(w, torch.full((2,), 3.0, dtype=torch.float64))
+
+
+def test_self_check_can_be_switched_off(checked_cpu, monkeypatch):
+    monkeypatch.setenv(ops.SELF_CHECK_ENV_VAR, "0")
+    calls = _inject(monkeypatch, checked_cpu, "cov_update_", _off_by_a_millionth(checked_cpu.cov_update_))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, cov, _, ref_cov = _state_after_one_update()
+    assert len(calls) == 1, "with the check off, the user's call is the kernel's only call"
+    torch.testing.assert_close(cov, torch.from_numpy(ref_cov) * (1 + 1e-6), rtol=1e-10, atol=1e-10)
+    assert ops.backend_info()["self_check"] == {}
+
+
+def test_self_check_verdicts_are_per_device(checked_cpu):  # noqa: ARG001
+    """Two devices of one type are checked, and trusted or not, separately (no GPU needed: the check is faked)."""
+    checked = []
+
+    def fake_check(kernel, device):  # noqa: ARG001
+        checked.append(str(device))
+        return device.index == 0
+
+    spec = dataclasses.replace(ops.OPS["cov_update_"], self_check=fake_check)
+    assert ops._trusted(spec, torch.device("cuda", 0), "auto") is True
+    with pytest.warns(RuntimeWarning, match="on cuda:1 disagrees"):
+        assert ops._trusted(spec, torch.device("cuda", 1), "auto") is False
+    assert ops._trusted(spec, torch.device("cuda", 0), "auto") is True
+    assert checked == ["cuda:0", "cuda:1"], "each device is checked once"
+    with pytest.raises(RuntimeError, match="on cuda:1 failed its self-check"):
+        ops._trusted(spec, torch.device("cuda", 1), "cpp")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.gpu
 def test_cuda_self_check_passes(compiled):  # noqa: ARG001
-    """On a GPU the compiled CUDA kernel (if built) must pass its self-check and be used."""
-    if not delve_fast.backend_info()["cuda"]:
+    """On a GPU the compiled CUDA kernels (if built) pass their self-check, silently, and are used."""
+    if not ops.has_compiled_kernel("cuda"):
         pytest.skip("extension built without CUDA kernels")
     x = torch.randn(8, 5, 3, device="cuda")
     mean, m2 = fresh_state(5, "cuda")
-    ops.cov_update_(mean, m2, x, 0)
-    assert "cuda" not in ops._distrusted_devices
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.cov_update_(mean, m2, x, 0, backend="cpp")
+        ops.eigvalsh_desc([m2], backend="cpp")
+    key = f"cuda:{torch.cuda.current_device()}"
+    checks = ops.backend_info()["self_check"]
+    assert checks[f"cov_update_@{key}"] is True and checks[f"eigvalsh_desc@{key}"] is True
     assert ops.resolve_backend("cuda", "auto") == "cpp"
 
 

@@ -1,7 +1,7 @@
 """The benchmark report's arithmetic and verdicts, on a synthetic run.
 
 ``make bench`` is not part of the suite (timings are not asserted), but the
-report turns its JSON into the issue's verdicts, so the formulas are checked
+report turns its JSON into the targets' verdicts, so the formulas are checked
 here on made-up timings whose expected figures are worked out by hand below.
 """
 
@@ -10,15 +10,21 @@ from __future__ import annotations
 import statistics
 
 import pytest
+import torch
 
-from benchmarks.common import CASES_BY_ID, GEMM_N, TARGETS, interleaved_turns, overhead_interval
-from benchmarks.report import Results, render_markdown
+from benchmarks.config import TARGETS
+from benchmarks.reduction import reduction_covariances, reduction_delve, reduction_fast
+from benchmarks.render import render_markdown
+from benchmarks.results import Results
+from benchmarks.timing import interleaved_turns, overhead_interval
+from benchmarks.update_cases import CASES_BY_ID, GEMM_N
+from delve_fast import stats
 
 CASE = "conv-64x64x32x32"
 GEMM_FLOPS = 2 * GEMM_N**3
 
 
-def _update_entry(steady: dict[str, list[float]], first: dict[str, list[float]] | None) -> dict:
+def _update_entry(steady: dict[str, list[float]], first: dict[str, list[float]]) -> dict:
     info = {
         "bench": "update",
         "case": CASE,
@@ -28,20 +34,15 @@ def _update_entry(steady: dict[str, list[float]], first: dict[str, list[float]] 
         "median_s": {k: statistics.median(v) for k, v in steady.items()},
         "times_s": steady,
         "skipped": {},
+        "steady_calls": 2,
+        "control_n": 512,
+        "first_median_s": {k: statistics.median(v) for k, v in first.items()},
+        "first_times_s": first,
     }
-    if first is not None:
-        info.update(
-            {
-                "steady_calls": 2,
-                "control_n": 512,
-                "first_median_s": {k: statistics.median(v) for k, v in first.items()},
-                "first_times_s": first,
-            }
-        )
     return {"name": f"test_update[{CASE}]", "stats": {"median": 1.0}, "extra_info": info}
 
 
-def _run(steady, first=None) -> Results:
+def _run(steady, first) -> Results:
     return Results({"benchmarks": [_update_entry(steady, first)], "datetime": "synthetic"})
 
 
@@ -89,14 +90,6 @@ def test_first_call_costs_are_stated_in_the_report():
     assert "+40% to +40%" in text
     assert "paid +25% to +25%" in text
     assert "| 0.70 |" in text and "| 0.50 |" in text
-
-
-def test_runs_without_first_calls_keep_the_old_single_verdict():
-    r = _run(STEADY)
-    names = [name for name, _, _ in r.targets()]
-    assert not any(n.startswith("the same, first call") for n in names)
-    assert r.roofline_fraction(CASE, first=True) is None
-    assert r.roofline_fraction(CASE) == pytest.approx(0.7)
 
 
 def test_interleaved_turns_counts_every_call():
@@ -148,7 +141,7 @@ def test_overhead_interval_rejects_bad_arguments():
         overhead_interval([1.0], [1.0], resamples=0)
 
 
-def _training_entry(interval: bool) -> dict:
+def _training_entry() -> dict:
     times = {"none": NONE_MS, "fast_mixed": TRACKED_MS}
     info = {
         "bench": "training",
@@ -161,18 +154,36 @@ def _training_entry(interval: bool) -> dict:
         "overhead_paired": {"fast_mixed": 0.04},
         "add_saturations_ms": {},
         "epoch_steps": 782,
+        "overhead_interval_95": {"fast_mixed": [0.031, 0.062]},
     }
-    if interval:
-        info["overhead_interval_95"] = {"fast_mixed": [0.031, 0.062]}
     return {"name": "test_training_overhead", "stats": {"median": 1.0}, "extra_info": info}
 
 
 def test_training_verdict_states_the_interval():
-    r = Results({"benchmarks": [_training_entry(True)], "datetime": "synthetic"})
+    r = Results({"benchmarks": [_training_entry()], "datetime": "synthetic"})
     rows = {name: (measured, ok) for name, measured, ok in r.targets()}
     mixed = next(k for k in rows if "precision='mixed'" in k)
     assert rows[mixed] == ("+4.0% (95% interval +3.1% to +6.2%)", 0.04 <= TARGETS["train_overhead_mixed_max"])
     assert "| +4.0% | +3.1% to +6.2% | +4.0% |" in render_markdown(r, None)
-    # A run saved before intervals were measured still renders, without one.
-    old = Results({"benchmarks": [_training_entry(False)], "datetime": "synthetic"})
-    assert dict((n, m) for n, m, _ in old.targets())[mixed] == "+4.0%"
+
+
+def test_reduction_benchmark_times_the_library_statistics():
+    """The benchmarked reduction is delve_fast's own (stats.saturation / intrinsic_dimensionality).
+
+    For eigenvalues [100, 0.5, 0.1] the first direction explains 99.4% >= 99% of
+    the variance, so no share stays below the threshold: idim 0, lsat 0, as
+    delve 0.1.50 reports (a re-implementation with "at least 1" said 1).
+    """
+    cov = torch.diag(torch.tensor([100.0, 0.5, 0.1], dtype=torch.float64))
+    for backend in ("cpp", "torch"):
+        assert reduction_fast([cov], backend) == [(0.0, 0)]
+    # On the benchmark's own matrices it agrees with delve's per-stat path whenever delve is installed.
+    covs = reduction_covariances()
+    fast = reduction_fast(covs, "torch")
+    assert [k for _, k in fast] == [stats.intrinsic_dimensionality(torch.linalg.eigvalsh(c).flip(0)) for c in covs]
+    try:
+        import delve.metrics  # noqa: F401, PLC0415
+    except ImportError:
+        return
+    assert reduction_delve([cov]) == [[0.0, 0]]
+    assert fast == [tuple(v) for v in reduction_delve(covs)]

@@ -1,5 +1,11 @@
 """Tests of the covariance update: compiled op vs pure-torch twin vs NumPy float64.
 
+One body per test for every device of the matrix (``delve_fast.testing.devices()``:
+CPU always, CUDA where a GPU and CUDA kernels exist, skipped otherwise), and
+every input dtype where the dtype matters. Shapes straddle the tiles of both
+kernels: the CPU's 16-feature blocks and 256-sample tiles, the CUDA kernel's
+64-wide Gram tiles, 32-wide merge tiles and sample splits.
+
 Every expected value comes from NumPy float64 (``np.cov(..., bias=True)`` of the
 stacked samples, upcast exactly from the dtype the op saw) or from arithmetic,
 never from the code under test.
@@ -7,7 +13,7 @@ never from the code under test.
 Tolerances
 ----------
 The state is float64 whatever the input dtype, and the fp16/bf16/fp32 -> fp64
-upcast is exact, so the only error is float64 accumulation over K <= 1e5
+upcast is exact, so the only error is float64 accumulation (with FMAs on CUDA) over K <= 2e5
 samples. A worst-case bound for a sum of K products is about K * eps64 ~ 1e-11
 relative to sum |x_i x_j|; our data keep |mean| / std <= ~5, so that is within
 ~30x of the covariance scale. ``RTOL = 1e-9`` (relative, with an absolute part
@@ -158,7 +164,14 @@ EDGE_SHAPES = [
     (2, 600, 700),  # largest C, K = 1400
     (100000, 16, 1),  # K = 1e5, S = 1
     (25, 40, 4000),  # K = 1e5, S > 1
+    (1, 64, 1),  # one sample filling one CUDA Gram tile
+    (2, 1, 1),
+    (31, 65, 1),  # one slab short of 32 samples, one feature past the CUDA tile
+    (33, 5, 1),  # one sample past a 32-sample slab
 ]
+
+# C around the CPU's 16-feature blocks and the CUDA kernel's 64-wide Gram and 32-wide merge tiles.
+TILE_EDGE_CHANNELS = [1, 3, 15, 16, 17, 32, 63, 64, 65, 130, 257]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -175,6 +188,39 @@ def test_edge_shapes(compiled, shape, device):
     require_compiled_device(device)
     x = make_batch(*shape, seed=7, device=device)
     compare_all([x], device, compiled.cov_update_)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("c", TILE_EDGE_CHANNELS)
+def test_tile_edges(compiled, dtype, c, device):
+    """(B, C) rows viewed as (B, C, 1), features the contiguous axis, at every tile edge of both kernels."""
+    require_compiled_device(device)
+    x = make_batch(300, c, 1, dtype=dtype, seed=c, device=device)
+    compare_all([x], device, compiled.cov_update_)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k, c", [(200_000, 16), (50_000, 130), (4_096, 520)])
+def test_many_samples(compiled, k, c, device):
+    """Enough samples to split them between CUDA blocks (and CPU threads), then a partial second batch."""
+    require_compiled_device(device)
+    x = make_batch(k, c, 1, dtype=torch.float32, seed=c, device=device)
+    compare_all([x, x[: k // 3]], device, compiled.cov_update_)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(compiled, device):
+    """Partial sums are reduced in a fixed order: two runs on the same data agree bit for bit.
+
+    Deterministic by construction (the same work split, thread count and
+    summation order on the same data), so exact equality is the contract.
+    """
+    require_compiled_device(device)
+    x = make_batch(60_000, 70, 1, dtype=torch.float32, seed=5, device=device)
+    a = run_updates(compiled.cov_update_, [x], device)
+    b = run_updates(compiled.cov_update_, [x], device)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 @pytest.mark.slow
@@ -223,11 +269,19 @@ def test_empty_batch_is_a_no_op(impl):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(513, 17, 1), (9, 40, 37), (3, 70, 1000)], ids=["linear", "conv", "conv-big"])
-def test_dtypes(compiled, dtype, shape, device):
+@pytest.mark.parametrize(
+    "shape, channels_last",
+    [((513, 17, 1), False), ((9, 40, 37), False), ((3, 70, 1000), False), ((3, 65, 35), True), ((4, 130, 63), False)],
+    ids=["linear", "conv", "conv-big", "conv-channels-last", "conv-two-cuda-tiles"],
+)
+def test_dtypes(compiled, dtype, shape, channels_last, device):
     """Same fp64 tolerance for every dtype: the oracle sees the same (rounded) values, upcast exactly."""
     require_compiled_device(device)
     x = make_batch(*shape, dtype=dtype, seed=5, device=device)
+    if channels_last:
+        n, c, s = shape
+        x = as_channel_view(x.reshape(n, c, 5, s // 5).contiguous(memory_format=torch.channels_last))
+        assert x.stride(1) == 1, "expected a channels_last view"
     compare_all([x], device, compiled.cov_update_)
 
 
@@ -561,28 +615,60 @@ def test_bad_args_rejected_with_clear_error(compiled, route, case):
 def test_state_on_other_device_rejected(compiled, device):
     require_compiled_device(device)
     mean, m2 = fresh_state(5, "cpu")
-    with pytest.raises(RuntimeError, match="device|cuda|cpu"):
+    with pytest.raises(RuntimeError, match="state on cpu but x on cuda"):
         compiled.cov_update_(mean, m2, torch.randn(3, 5, 1, device=device), 0)
+
+
+# ----------------------------------------------------------------------------- CUDA streams and devices
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])
+def test_runs_on_current_stream(compiled, device):
+    """The CUDA kernels are ordered on the caller's stream, not the default one."""
+    require_compiled_device(device)
+    x = make_batch(1000, 50, 3, seed=6, device=device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        mean, m2 = fresh_state(50, device)
+        compiled.cov_update_(mean, m2, x, 0)
+        compiled.cov_update_(mean, m2, x, 3000)
+    stream.synchronize()
+    check_vs_numpy(mean, m2, 6000, [x, x])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_cuda_device(compiled):
+    """The op runs on the tensors' device, whatever the current device is."""
+    require_compiled_device("cuda")
+    x = make_batch(100, 40, 2, seed=7, device="cuda:1")
+    mean, m2, count = run_updates(compiled.cov_update_, [x], "cuda:1")
+    check_vs_numpy(mean, m2, count, [x])
 
 
 # ----------------------------------------------------------------------------- opcheck
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last"])
 @pytest.mark.parametrize("count", [0, 25])
-def test_opcheck(compiled, dtype, layout, count):
+def test_opcheck(compiled, dtype, layout, count, device):
+    require_compiled_device(device)
     gen = torch.Generator().manual_seed(0)
     x = opcheck_batch(layout, gen)
-    x = x.to(dtype)
+    x = x.to(dtype).to(device)
     mean = torch.randn(19, generator=gen, dtype=torch.float64) if count else torch.zeros(19, dtype=torch.float64)
     a = torch.randn(19, 19, generator=gen, dtype=torch.float64)
     m2 = a @ a.t() if count else torch.zeros(19, 19, dtype=torch.float64)
-    torch.library.opcheck(compiled.cov_update_.default, (mean, m2, x, count))
+    torch.library.opcheck(compiled.cov_update_.default, (mean.to(device), m2.to(device), x, count))
 
 
-def test_opcheck_input_requires_grad(compiled):
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_input_requires_grad(compiled, device):
     """opcheck's autograd-registration test only bites when an input requires grad."""
-    x = torch.randn(5, 7, 3, requires_grad=True)
-    mean, m2 = fresh_state(7)
+    require_compiled_device(device)
+    x = torch.randn(5, 7, 3, device=device, requires_grad=True)
+    mean, m2 = fresh_state(7, device)
     torch.library.opcheck(compiled.cov_update_.default, (mean, m2, x, 0))

@@ -160,10 +160,45 @@ def test_many_small_matrices(impl):
         assert torch.equal(w, expected), i
 
 
-def test_compiled_matches_twin(compiled):
-    mats = [spd(n, seed=10 + n) for n in (3, 31, 128)] + [psd_rank_deficient(50, 10, seed=4, dtype=torch.float32)]
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_matches_twin(compiled, device):
+    require_compiled_device(device)
+    mats = [spd(n, seed=10 + n, device=device) for n in (3, 31, 128, 8, 8)]
+    mats.append(psd_rank_deficient(50, 10, seed=4, dtype=torch.float32, device=device))
     for wc, wt, a in zip(compiled.eigvalsh_desc(mats), _reference.eigvalsh_desc(mats), mats, strict=True):
-        torch.testing.assert_close(wc, wt, rtol=0, atol=tol(a))
+        torch.testing.assert_close(wc, wt, rtol=0, atol=2 * tol(a))  # each within tol of the exact values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sizes_and_dtypes_mixed_in_one_call(impl, device):
+    """Equal sizes (solved as one batch on CUDA) mixed with other sizes and dtypes: each keeps its own dtype."""
+    fn = _fn_for(impl, device)
+    mats = [
+        spd(5, 1, device=device),
+        spd(40, 2, device=device),
+        spd(5, 3, device=device),
+        spd(40, 4, dtype=torch.float32, device=device),
+        spd(1, 5, device=device),
+        torch.eye(7, dtype=torch.float64, device=device) * -1e-18,  # round-off negatives only
+    ]
+    check_result(fn(mats), mats)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_outputs_never_share_storage(impl, device):
+    """Every result is its own tensor, as the fake promises: equal-sized inputs (batched on CUDA), one input twice.
+
+    Writing into one result must not change another.
+    """
+    fn = _fn_for(impl, device)
+    a = spd(6, 1, device=device)
+    mats = [a, spd(6, 2, device=device), a, spd(6, 3, dtype=torch.float32, device=device), spd(9, 4, device=device)]
+    out = fn(mats)
+    storages = [w.untyped_storage().data_ptr() for w in out]
+    assert len(set(storages)) == len(out), "two results share storage"
+    before = [w.clone() for w in out]
+    out[0].fill_(-1.0)
+    assert all(torch.equal(w, b) for w, b in zip(out[1:], before[1:], strict=True))
 
 
 def test_input_not_modified(impl):
@@ -188,19 +223,24 @@ def test_bad_input_rejected(compiled, bad, pattern):
         compiled.eigvalsh_desc([spd(3, 0), bad])
 
 
-def test_opcheck(compiled):
-    mats = [spd(n, seed=n) for n in (1, 4, 17)] + [psd_rank_deficient(9, 3, seed=1, dtype=torch.float32)]
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(compiled, device):
+    require_compiled_device(device)
+    mats = [spd(n, seed=n, device=device) for n in (1, 4, 4, 17)]
+    mats.append(psd_rank_deficient(9, 3, seed=1, dtype=torch.float32, device=device))
     torch.library.opcheck(compiled.eigvalsh_desc.default, (mats,))
 
 
-def test_input_requiring_grad_gets_no_graph(compiled):
+@pytest.mark.parametrize("device", DEVICES)
+def test_input_requiring_grad_gets_no_graph(compiled, device):
     """Covariances that require grad (e.g. a state built from activations) must not get a bogus graph.
 
     The eigenvalues are reported statistics and the op declares no derivative:
     its output must neither require grad nor carry a grad_fn built by the ops
     the kernel calls internally, and the values must still be right.
     """
-    mats = [spd(n, seed=n).requires_grad_() for n in (2, 5)]
+    require_compiled_device(device)
+    mats = [spd(n, seed=n, device=device).requires_grad_() for n in (2, 5, 5)]
     out = compiled.eigvalsh_desc(mats)
     assert all(not w.requires_grad and w.grad_fn is None for w in out)
     check_result(out, [m.detach() for m in mats])

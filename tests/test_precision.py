@@ -14,7 +14,7 @@ from torch import nn
 
 from delve_fast import ops, stats
 from delve_fast._reference import as_channel_view
-from delve_fast.testing import fresh_state, np_mean_cov, samples_f64
+from delve_fast.testing import fresh_state, np_mean_cov, samples_f64, vgg_benchmark_model
 
 BACKENDS = ["cpp", "torch"]
 
@@ -106,9 +106,7 @@ def test_mixed_matches_double_on_demo_data(compiled, backend):  # noqa: ARG001
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixed_matches_double_on_benchmark_model(compiled, backend):  # noqa: ARG001
-    from benchmarks.common import build_vgg
-
-    model = build_vgg(seed=0).eval()
+    model = vgg_benchmark_model(seed=0).eval()
     gen = torch.Generator().manual_seed(3)
     batches = [torch.randn(16, 3, 32, 32, generator=gen) for _ in range(2)]
     double = _track(model, batches, "double", backend)

@@ -22,8 +22,6 @@
 namespace delve_fast {
 namespace {
 
-// Samples used to estimate a shift when the state is still empty.
-constexpr int64_t kShiftSamples = 256;
 // Samples per tile. One 16-feature block of a tile (kTile * 16 * 8 bytes)
 // stays in L1 while the micro-kernel sweeps it, and the accumulator traffic
 // per tile is small next to its flops. In mixed precision this is also the

@@ -72,21 +72,46 @@ template <typename T, typename P>
 using PackRowsFn = void (*)(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0,
                             int64_t kc, const double* shift, P* panel, double* sums);
 
-#define DELVE_FAST_DECLARE_ISA(isa)                                                                                 \
-  template <typename P>                                                                                             \
-  void gram_pairs_##isa(const P*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t,             \
-                        PrefetchCursor*, const GramEpilogue*);                                                      \
-  template <typename T, typename P>                                                                                 \
-  void pack_runs_##isa(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, P*, double*); \
-  template <typename T, typename P>                                                                                 \
-  void pack_rows_##isa(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, P*,  \
-                       double*);
-DELVE_FAST_DECLARE_ISA(generic)
-DELVE_FAST_DECLARE_ISA(avx2)
-DELVE_FAST_DECLARE_ISA(avx512)
-#undef DELVE_FAST_DECLARE_ISA
+// One namespace per instruction-set build, each defined in gram_kernel_<isa>.cpp
+// (compiled with that ISA's -m flags): gram_pairs is a GramFn, pack_runs a
+// PackRunsFn and pack_rows a PackRowsFn. isa_dispatch.cpp picks one build at run time.
+namespace generic {
+template <typename P>
+void gram_pairs(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg, const int32_t* tasks,
+                int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue);
+template <typename T, typename P>
+void pack_runs(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums);
+template <typename T, typename P>
+void pack_rows(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums);
+}  // namespace generic
 
-// The best variants this CPU can run, chosen once.
+namespace avx2 {
+template <typename P>
+void gram_pairs(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg, const int32_t* tasks,
+                int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue);
+template <typename T, typename P>
+void pack_runs(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums);
+template <typename T, typename P>
+void pack_rows(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums);
+}  // namespace avx2
+
+namespace avx512 {
+template <typename P>
+void gram_pairs(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg, const int32_t* tasks,
+                int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue);
+template <typename T, typename P>
+void pack_runs(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums);
+template <typename T, typename P>
+void pack_rows(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums);
+}  // namespace avx512
+
+// The best builds this CPU can run, chosen once (isa_dispatch.cpp).
 template <typename P>
 GramFn<P> select_gram_kernel();
 template <typename T, typename P>

@@ -1,106 +1,34 @@
-// Portable build of the Gram micro-kernel, plus the run-time choice between variants.
-#define DELVE_FAST_GRAM_FN gram_pairs_generic
-#define DELVE_FAST_PACK_FN pack_runs_generic
-#define DELVE_FAST_PACK_ROWS_FN pack_rows_generic
-#define DELVE_FAST_F64_ROWS 8
-#define DELVE_FAST_F64_COLS 4
-#define DELVE_FAST_F32_ROWS 16
-#define DELVE_FAST_F32_COLS 4
-#include <cstdlib>
-#include <string>
-
+// Portable build of the Gram micro-kernel and the packers (no -m flags: GCC
+// vectorises for the baseline ISA).
 #include "cpu/gram_kernel_impl.h"
 
-namespace delve_fast {
-
+namespace delve_fast::generic {
 namespace {
-enum class Isa { kGeneric, kAvx2, kAvx512 };
-
-Isa detect() {
-  Isa best = Isa::kGeneric;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) {
-    best = Isa::kAvx512;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    best = Isa::kAvx2;
-  }
-#endif
-  // DELVE_FAST_CPU_ISA=generic|avx2 picks a lower build (tests run each one);
-  // a build this CPU cannot run is never chosen.
-  const char* want = std::getenv("DELVE_FAST_CPU_ISA");
-  if (want != nullptr) {
-    const std::string w(want);
-    if (w == "generic") return Isa::kGeneric;
-    if (w == "avx2" && best == Isa::kAvx512) return Isa::kAvx2;
-  }
-  return best;
-}
-
-Isa isa() {
-  static const Isa value = detect();
-  return value;
-}
+struct Tiles {
+  static constexpr int kF64Rows = 8, kF64Cols = 4;
+  static constexpr int kF32Rows = 16, kF32Cols = 4;
+  static constexpr int kF32PairRows = 0;  // no float32 tile over two column blocks
+};
 }  // namespace
 
-const char* gram_kernel_isa() {
-  switch (isa()) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    default:
-      return "generic";
-  }
-}
-
 template <typename P>
-GramFn<P> select_gram_kernel() {
-  switch (isa()) {
-    case Isa::kAvx512:
-      return gram_pairs_avx512<P>;
-    case Isa::kAvx2:
-      return gram_pairs_avx2<P>;
-    default:
-      return gram_pairs_generic<P>;
-  }
+void gram_pairs(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg, const int32_t* tasks,
+                int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
+  gram_pairs_impl<Tiles>(panel, kc, ldp, c, g, ldg, tasks, ntasks, prefetch, epilogue);
 }
 
 template <typename T, typename P>
-PackRunsFn<T, P> select_pack_runs() {
-  switch (isa()) {
-    case Isa::kAvx512:
-      return pack_runs_avx512<T, P>;
-    case Isa::kAvx2:
-      return pack_runs_avx2<T, P>;
-    default:
-      return pack_runs_generic<T, P>;
-  }
+void pack_runs(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums) {
+  pack_runs_impl(base, sn, sc, s_len, c, k0, kc, shift, panel, sums);
 }
 
 template <typename T, typename P>
-PackRowsFn<T, P> select_pack_rows() {
-  switch (isa()) {
-    case Isa::kAvx512:
-      return pack_rows_avx512<T, P>;
-    case Isa::kAvx2:
-      return pack_rows_avx2<T, P>;
-    default:
-      return pack_rows_generic<T, P>;
-  }
+void pack_rows(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+               const double* shift, P* panel, double* sums) {
+  pack_rows_impl(base, sn, ss, sc, s_len, c, k0, kc, shift, panel, sums);
 }
 
-template GramFn<double> select_gram_kernel<double>();
-template GramFn<float> select_gram_kernel<float>();
-#define DELVE_FAST_INSTANTIATE_SELECT(T)                        \
-  template PackRunsFn<T, double> select_pack_runs<T, double>(); \
-  template PackRunsFn<T, float> select_pack_runs<T, float>();   \
-  template PackRowsFn<T, double> select_pack_rows<T, double>(); \
-  template PackRowsFn<T, float> select_pack_rows<T, float>();
-DELVE_FAST_INSTANTIATE_SELECT(float)
-DELVE_FAST_INSTANTIATE_SELECT(double)
-DELVE_FAST_INSTANTIATE_SELECT(c10::Half)
-DELVE_FAST_INSTANTIATE_SELECT(c10::BFloat16)
-#undef DELVE_FAST_INSTANTIATE_SELECT
+DELVE_FAST_INSTANTIATE_GRAM_KERNELS
 
-}  // namespace delve_fast
+}  // namespace delve_fast::generic

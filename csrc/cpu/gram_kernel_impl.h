@@ -1,11 +1,18 @@
-// Body of the Gram micro-kernel and the NCHW packer, compiled once per
-// instruction set by the gram_kernel_<isa>.cpp files (each built with its own
-// -m flags). Before including, define DELVE_FAST_GRAM_FN, DELVE_FAST_PACK_FN and
-// DELVE_FAST_PACK_ROWS_FN (the function names), and the register sub-tile of each panel precision:
-// DELVE_FAST_F64_ROWS / DELVE_FAST_F64_COLS and DELVE_FAST_F32_ROWS / DELVE_FAST_F32_COLS, where
-// ROWS is the extent held in vectors and COLS the extent that is broadcast. (The kernel lays its
-// vectors along the columns of g, so ROWS counts columns of g.) Optionally,
-// DELVE_FAST_F32_PAIR_ROWS enables the float32 tile over two column blocks, with that many rows.
+// Bodies of the Gram micro-kernel and the two packers, compiled once per
+// instruction set: each gram_kernel_<isa>.cpp includes this header under its
+// own -m flags and defines delve_fast::<isa>::gram_pairs / pack_runs /
+// pack_rows on top of gram_pairs_impl, pack_runs_impl and pack_rows_impl.
+//
+// Everything here has internal linkage (an anonymous namespace), so every ISA's
+// translation unit keeps its own copy: shared inline functions compiled with
+// different -m flags would be an ODR hazard (the linker could keep the AVX-512
+// copy for a CPU without AVX-512).
+//
+// The register sub-tile of each panel precision comes from a Tiles type:
+//   kF64Rows, kF64Cols   float64 sub-tile: ROWS is the extent held in vectors,
+//   kF32Rows, kF32Cols   float32 sub-tile  COLS the extent that is broadcast
+//   kF32PairRows         rows of the float32 tile over two column blocks (0: none)
+// (The kernel lays its vectors along the columns of g, so ROWS counts columns of g.)
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -30,15 +37,11 @@ template <>
 struct Vec<double> {
   typedef double type __attribute__((vector_size(64)));
   static constexpr int kLanes = 8;
-  static constexpr int kRows = DELVE_FAST_F64_ROWS;
-  static constexpr int kCols = DELVE_FAST_F64_COLS;
 };
 template <>
 struct Vec<float> {
   typedef float type __attribute__((vector_size(64)));
   static constexpr int kLanes = 16;
-  static constexpr int kRows = DELVE_FAST_F32_ROWS;
-  static constexpr int kCols = DELVE_FAST_F32_COLS;
 };
 
 template <typename P>
@@ -263,12 +266,14 @@ inline void prefetch_sub_tile(double* g, int64_t ldg, int64_t row0, int64_t nr, 
     for (int64_t j = 0; j < nc; ++j) prefetch_span(g + (col0 + j) * ldg + row0, nr);
 }
 
-}  // namespace
-
-template <typename P>
-void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg,
-                        const int32_t* tasks, int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
-  constexpr int kRows = Vec<P>::kRows, kCols = Vec<P>::kCols, kHalfRows = kRows / 2;
+// Adds panel^T * panel for the block tasks (see GramFn in gram_kernel.h), with Tiles' register sub-tiles.
+template <typename Tiles, typename P>
+void gram_pairs_impl(const P* panel, int64_t kc, int64_t ldp, int64_t c, double* g, int64_t ldg, const int32_t* tasks,
+                     int64_t ntasks, PrefetchCursor* prefetch, const GramEpilogue* epilogue) {
+  constexpr bool kF64 = std::is_same_v<P, double>;
+  constexpr int kRows = kF64 ? Tiles::kF64Rows : Tiles::kF32Rows;
+  constexpr int kCols = kF64 ? Tiles::kF64Cols : Tiles::kF32Cols;
+  constexpr int kHalfRows = kRows / 2;
   static_assert(kBlock % kRows == 0 && kBlock % kCols == 0, "sub-tiles must tile a block");
   constexpr bool kHalfTiles = kHalfRows % Vec<P>::kLanes == 0 && kHalfRows > 0;
   const int64_t stride_blk = ldp * kBlock;
@@ -278,8 +283,8 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
   const bool mirror = epilogue != nullptr;
 
   // Row block bi against column block bj. The vectors run along the columns
-  // of g and the row features are broadcast (Vec<P>::kRows columns by
-  // Vec<P>::kCols rows per sub-tile), so each accumulator holds part of one
+  // of g and the row features are broadcast (kRows columns by kCols rows per
+  // sub-tile), so each accumulator holds part of one
   // row of g and a sub-tile is added to g with whole-vector loads and stores;
   // the transposed layout cost a scalar pass over every sub-tile.
   auto one_row_block = [&](int64_t bi, int64_t bj) {
@@ -321,14 +326,13 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
 
   for (int64_t t = 0; t < ntasks; ++t) {
     const int64_t bi = tasks[3 * t], bj = tasks[3 * t + 1], ncb = tasks[3 * t + 2];
-#ifdef DELVE_FAST_F32_PAIR_ROWS
-    if constexpr (std::is_same_v<P, float>) {
+    if constexpr (!kF64 && Tiles::kF32PairRows > 0) {
       if (ncb == 2) {
         // Two column blocks side by side are two vectors that share every
         // broadcast row feature: two loads and eight broadcasts feed sixteen
         // FMAs (a 16 x 16 tile is bound by its sixteen broadcast loads), and
         // the sub-tile comes out in rows of g, added with whole-vector ops.
-        constexpr int kPairRows = DELVE_FAST_F32_PAIR_ROWS;
+        constexpr int kPairRows = Tiles::kF32PairRows;
         static_assert(kBlock % kPairRows == 0, "pair sub-tiles must tile a block");
         const P* a_cols = panel + bj * stride_blk;
         const int64_t col0 = bj * kBlock;
@@ -345,19 +349,14 @@ void DELVE_FAST_GRAM_FN(const P* panel, int64_t kc, int64_t ldp, int64_t c, doub
         continue;
       }
     }
-#endif
     for (int64_t q = 0; q < ncb; ++q) one_row_block(bi, bj + q);
   }
 }
 
-template void DELVE_FAST_GRAM_FN<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*,
-                                         int64_t, PrefetchCursor*, const GramEpilogue*);
-template void DELVE_FAST_GRAM_FN<float>(const float*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*,
-                                        int64_t, PrefetchCursor*, const GramEpilogue*);
-
+// Packs samples [k0, k0 + kc) of an NCHW-like batch (see PackRunsFn in gram_kernel.h).
 template <typename T, typename P>
-void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
-                        const double* shift, P* panel, double* sums) {
+void pack_runs_impl(const T* base, int64_t sn, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+                    const double* shift, P* panel, double* sums) {
   const int64_t stride_blk = kc * kBlock;
   const int64_t ngroups = (c + 7) / 8;  // groups of 8 features; two per block
   const dvec zero = dvec{} * 0.0;
@@ -427,9 +426,10 @@ void DELVE_FAST_PACK_FN(const T* base, int64_t sn, int64_t sc, int64_t s_len, in
   }
 }
 
+// Packs samples [k0, k0 + kc) of a channels_last-like batch (see PackRowsFn in gram_kernel.h).
 template <typename T, typename P>
-void DELVE_FAST_PACK_ROWS_FN(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0,
-                             int64_t kc, const double* shift, P* panel, double* sums) {
+void pack_rows_impl(const T* base, int64_t sn, int64_t ss, int64_t sc, int64_t s_len, int64_t c, int64_t k0, int64_t kc,
+                    const double* shift, P* panel, double* sums) {
   const int64_t stride_blk = kc * kBlock;
   const int64_t nblk = (c + kBlock - 1) / kBlock;
   const int64_t full = (sc == 1) ? c / kBlock : 0;  // blocks loaded as two vectors
@@ -483,19 +483,27 @@ void DELVE_FAST_PACK_ROWS_FN(const T* base, int64_t sn, int64_t ss, int64_t sc, 
   }
 }
 
-#define DELVE_FAST_INSTANTIATE_PACK(T, P)                                                                              \
-  template void DELVE_FAST_PACK_FN<T, P>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,               \
-                                         const double*, P*, double*);                                                  \
-  template void DELVE_FAST_PACK_ROWS_FN<T, P>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                              const double*, P*, double*);
-DELVE_FAST_INSTANTIATE_PACK(float, double)
-DELVE_FAST_INSTANTIATE_PACK(double, double)
-DELVE_FAST_INSTANTIATE_PACK(c10::Half, double)
-DELVE_FAST_INSTANTIATE_PACK(c10::BFloat16, double)
-DELVE_FAST_INSTANTIATE_PACK(float, float)
-DELVE_FAST_INSTANTIATE_PACK(double, float)
-DELVE_FAST_INSTANTIATE_PACK(c10::Half, float)
-DELVE_FAST_INSTANTIATE_PACK(c10::BFloat16, float)
-#undef DELVE_FAST_INSTANTIATE_PACK
-
+}  // namespace
 }  // namespace delve_fast
+
+// Explicit instantiations of the enclosing ISA namespace's gram_pairs, pack_runs
+// and pack_rows for every panel precision and input dtype the kernel dispatches
+// on; expanded inside that namespace, at the end of each gram_kernel_<isa>.cpp.
+#define DELVE_FAST_INSTANTIATE_GRAM_KERNELS                                                                           \
+  template void gram_pairs<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*,        \
+                                   int64_t, PrefetchCursor*, const GramEpilogue*);                                    \
+  template void gram_pairs<float>(const float*, int64_t, int64_t, int64_t, double*, int64_t, const int32_t*, int64_t, \
+                                  PrefetchCursor*, const GramEpilogue*);                                              \
+  DELVE_FAST_INSTANTIATE_PACKERS(float)                                                                               \
+  DELVE_FAST_INSTANTIATE_PACKERS(double)                                                                              \
+  DELVE_FAST_INSTANTIATE_PACKERS(c10::Half)                                                                           \
+  DELVE_FAST_INSTANTIATE_PACKERS(c10::BFloat16)
+#define DELVE_FAST_INSTANTIATE_PACKERS(T)                                                                           \
+  template void pack_runs<T, double>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*, \
+                                     double*, double*);                                                             \
+  template void pack_runs<T, float>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const double*,  \
+                                    float*, double*);                                                               \
+  template void pack_rows<T, double>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,       \
+                                     const double*, double*, double*);                                              \
+  template void pack_rows<T, float>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,        \
+                                    const double*, float*, double*);

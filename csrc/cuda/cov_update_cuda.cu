@@ -31,8 +31,6 @@
 namespace delve_fast {
 namespace {
 
-// Samples used to estimate a shift when the state is still empty (as on CPU).
-constexpr int64_t kShiftSamples = 256;
 // Gram tile: kTile x kTile features, kTileK samples per shared-memory slab.
 constexpr int kTile = 64;
 constexpr int kTileK = 32;

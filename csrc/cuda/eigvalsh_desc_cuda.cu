@@ -43,7 +43,9 @@ std::vector<at::Tensor> eigvalsh_desc_cuda(at::TensorList covs) {
     for (size_t i : idx) group.push_back(mats[i]);
     // eigvalsh returns ascending values; flip and clamp round-off negatives.
     at::Tensor vals = at::linalg_eigvalsh(at::stack(group)).flip({-1}).clamp_min_(0);
-    for (size_t j = 0; j < idx.size(); ++j) out[idx[j]] = vals[j];
+    // Each output gets its own storage, as the CPU kernel and the fake give:
+    // slices of vals would alias each other and keep the whole stack alive.
+    for (size_t j = 0; j < idx.size(); ++j) out[idx[j]] = vals[j].clone();
   }
   return out;
 }

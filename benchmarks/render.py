@@ -1,283 +1,27 @@
-"""Turn the benchmark run's JSON into ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+"""Render the benchmark run's JSON as ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
-Usage: ``python -m benchmarks.report [--json PATH] [--out docs/benchmarks.md]``.
+Usage: ``python -m benchmarks.render [--json PATH] [--out docs/benchmarks.md]``.
+(Not to be confused with :mod:`delve_fast.report`, the tracker's report of a training run.)
 Every figure, and every target verdict, is computed from the JSON of the run.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import CASES_BY_ID, REPO_ROOT, RESULTS_JSON, TARGETS, UPDATE_CASES
-
-PATH_LABELS = {
-    "compiled": "compiled",
-    "twin": "pure-torch twin",
-    "delve": "delve 0.1.50",
-    "compiled_mixed": "compiled, mixed",
-    "delve_dtrc": "delve 0.1.50 (+dtrc)",
-}
-VARIANT_LABELS = {
-    "fast_cpp": "delve_fast (compiled)",
-    "fast_torch": "delve_fast (twin)",
-    "fast_mixed": "delve_fast (compiled, mixed)",
-    "delve": "delve 0.1.50",
-}
-
-
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    ms = seconds * 1e3
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.1%}"
-
-
-def _interval_cell(iv: list[float] | None) -> str:
-    return "–" if iv is None else f"{iv[0]:+.1%} to {iv[1]:+.1%}"
-
-
-def _interval_text(training: dict, variant: str) -> str:
-    """`` (95% interval a to b)`` for a training variant, or nothing for runs that predate it."""
-    iv = training.get("overhead_interval_95", {}).get(variant)
-    return "" if iv is None else f" (95% interval {_interval_cell(iv)})"
-
-
-def _x(ratio: float | None) -> str:
-    return "–" if ratio is None else f"{ratio:.2f}×"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
-
-
-class Results:
-    """The parsed figures of one run."""
-
-    def __init__(self, data: dict) -> None:
-        self.raw = data
-        self.machine = data.get("delve_fast_machine", {})
-        self.datetime = data.get("datetime")
-        self.update: dict[str, dict[str, float]] = {}
-        self.gemm_rate: float | None = None
-        self.case_gemm_rate: dict[str, float] = {}
-        self.update_times: dict[str, dict[str, list[float]]] = {}
-        # First calls of each turn (right after another path ran); empty for runs that timed one call per turn.
-        self.update_first: dict[str, dict[str, float]] = {}
-        self.update_first_times: dict[str, dict[str, list[float]]] = {}
-        self.steady_calls = 0
-        self.control_n: int | None = None
-        self.update_gemm_flops: int | None = None
-        self.reduction_match: bool | None = None
-        self.reduction_err: float | None = None
-        self.reduction: dict[str, float] = {}
-        self.memory: list[dict] = []
-        self.training: dict | None = None
-        for b in data.get("benchmarks", []):
-            info = b.get("extra_info", {})
-            kind = info.get("bench")
-            median = b["stats"]["median"]
-            if kind == "update":
-                meds = dict(info["median_s"])
-                gemm = meds.pop("gemm", None)
-                meds.pop("control_gemm", None)
-                self.control_n = info.get("control_n")
-                self.update[info["case"]] = meds
-                self.update_times[info["case"]] = info.get("times_s", {})
-                if "first_times_s" in info:
-                    self.update_first_times[info["case"]] = info["first_times_s"]
-                    self.update_first[info["case"]] = dict(info["first_median_s"])
-                    self.steady_calls = info.get("steady_calls", 0)
-                self.update_gemm_flops = info["gemm_flops"]
-                if gemm:
-                    self.case_gemm_rate[info["case"]] = info["gemm_flops"] / gemm
-            elif kind == "gemm":
-                self.gemm_rate = info["flops"] / median
-            elif kind == "reduction":
-                self.reduction = dict(info["median_s"])
-                self.reduction_match = info.get("stats_match_delve")
-                self.reduction_err = info.get("eigvals_max_rel_err")
-            elif kind == "memory" and "extra_mib" in info:
-                self.memory.append(info)
-            elif kind == "training" and "overhead" in info:
-                self.training = info
-
-    # --- derived figures
-    def rate(self, case_id: str) -> float | None:
-        """The fp64 GEMM rate measured interleaved with this case (else the standalone one)."""
-        return self.case_gemm_rate.get(case_id) or self.gemm_rate
-
-    def roofline_s(self, case_id: str) -> float | None:
-        rate = self.rate(case_id)
-        return CASES_BY_ID[case_id].syrk_flops / rate if rate else None
-
-    def _paired(self, case_id: str, num: str, den: str) -> float | None:
-        """Median over rounds of t_num / t_den, both timed in the same round (robust to speed changes)."""
-        t = self.update_times.get(case_id, {})
-        if num in t and den in t and len(t[num]) == len(t[den]) and t[num]:
-            return statistics.median(a / b for a, b in zip(t[num], t[den], strict=True))
-        row = self.update.get(case_id, {})
-        if num in row and den in row:
-            return row[num] / row[den]
-        return None
-
-    def speedup(self, case_id: str, path: str = "compiled") -> float | None:
-        """delve time / ``path`` time, as the median of per-round ratios."""
-        return self._paired(case_id, "delve", path)
-
-    def roofline_fraction(self, case_id: str, path: str = "compiled", first: bool = False) -> float | None:
-        """Roofline time / ``path`` time, each round's roofline from that round's (steady) GEMM.
-
-        ``first`` compares the path's first call of each turn with the same round's steady GEMM.
-        """
-        if first:
-            t_path = self.update_first_times.get(case_id, {}).get(path)
-            t_gemm = self.update_times.get(case_id, {}).get("gemm")
-            if not (t_path and t_gemm and self.update_gemm_flops) or len(t_path) != len(t_gemm):
-                return None
-            ratio = statistics.median(g / p for g, p in zip(t_gemm, t_path, strict=True))
-            return ratio * CASES_BY_ID[case_id].syrk_flops / self.update_gemm_flops
-        if self.update_times.get(case_id, {}).get("gemm") and self.update_gemm_flops:
-            ratio = self._paired(case_id, "gemm", path)  # t_gemm / t_path
-            return None if ratio is None else ratio * CASES_BY_ID[case_id].syrk_flops / self.update_gemm_flops
-        row = self.update.get(case_id, {})
-        roof = self.roofline_s(case_id)
-        if path in row and roof:
-            return roof / row[path]
-        return None
-
-    def _first_call_costs(self, path: str) -> list[float]:
-        """first / steady - 1 of ``path``'s median call times, one per conv shape that has both."""
-        costs = []
-        for c in UPDATE_CASES:
-            first = self.update_first.get(c.id, {}).get(path)
-            steady = self.update_times.get(c.id, {}).get(path)
-            if c.is_conv and first and steady:
-                costs.append(first / statistics.median(steady) - 1)
-        return costs
-
-    def first_call_cost_text(self) -> str:
-        """How much slower the compiled op's (and the control GEMM's) first call was than its steady calls."""
-        costs = self._first_call_costs("compiled")
-        if not costs:
-            return ""
-        text = f": in this run that cost the compiled op {min(costs):+.0%} to {max(costs):+.0%} at the conv shapes"
-        control = self._first_call_costs("control_gemm")
-        if control:
-            text += (
-                f"; for comparison, MKL's own {self.control_n}² fp64 `torch.mm` (about as long as one update), "
-                f"timed the same way in the same rounds, paid {min(control):+.0%} to {max(control):+.0%} on its "
-                "first calls"
-            )
-        return text
-
-    def gemm_rate_range(self) -> tuple[float, float] | None:
-        """Lowest and highest per-call fp64 GEMM rate seen during the update benchmarks."""
-        if not self.update_gemm_flops:
-            return None
-        calls = [t for times in self.update_times.values() for t in times.get("gemm", [])]
-        if not calls:
-            return None
-        return self.update_gemm_flops / max(calls), self.update_gemm_flops / min(calls)
-
-    def reduction_speedup(self, path: str = "compiled", base: str = "delve") -> float | None:
-        if path in self.reduction and base in self.reduction:
-            return self.reduction[base] / self.reduction[path]
-        return None
-
-    def memory_extra(self, path: str, input_mib: float = 1024.0) -> float | None:
-        for m in self.memory:
-            if m["path"] == path and abs(m["input_mib"] - input_mib) < 1:
-                return m["extra_mib"]
-        return None
-
-    def has_mixed(self) -> bool:
-        return any("compiled_mixed" in row for row in self.update.values())
-
-    # --- targets
-    def targets(self) -> list[tuple[str, str, bool | None]]:
-        t = TARGETS
-        out: list[tuple[str, str, bool | None]] = []
-        tr = self.training or {}
-        ov = tr.get("overhead", {})
-        for variant, what, limit, always in (
-            ("fast_cpp", "float64 state", t["train_overhead_max"], True),
-            ("fast_mixed", "precision='mixed'", t["train_overhead_mixed_max"], False),
-        ):
-            label = f"training overhead, {what} ≤ {limit:.0%}"
-            if variant in ov:
-                v = ov[variant]
-                out.append((label, f"{v:+.1%}{_interval_text(tr, variant)}", v <= limit))
-            elif always:
-                out.append((label, "not measured", None))
-        s = self.speedup("conv-64x64x32x32")
-        out.append(
-            (
-                f"update op ≥ {t['update_speedup_64x64x32x32_min']:.0f}× faster than delve at (64, 64, 32, 32)",
-                _x(s),
-                None if s is None else s >= t["update_speedup_64x64x32x32_min"],
-            )
-        )
-        speedups = {c.id: self.speedup(c.id) for c in UPDATE_CASES if self.speedup(c.id) is not None}
-        if speedups:
-            worst = min(speedups, key=speedups.get)
-            out.append(
-                (
-                    "update op never slower than delve at any listed shape",
-                    f"slowest: {_x(speedups[worst])} at {CASES_BY_ID[worst].label}",
-                    speedups[worst] >= t["update_speedup_all_min"],
-                )
-            )
-        else:
-            out.append(("update op never slower than delve at any listed shape", "not measured", None))
-        steady = " in steady state" if self.update_first_times else ""
-        for name, first in (
-            (
-                f"update op ≥ {t['roofline_fraction_conv_min']} of roofline at every conv shape (incl. "
-                f"channels_last){steady}",
-                False,
-            ),
-            ("the same, first call after another path (a stricter reading of the target)", True),
-        ):
-            fracs = {c.id: self.roofline_fraction(c.id, first=first) for c in UPDATE_CASES if c.is_conv}
-            fracs = {k: v for k, v in fracs.items() if v is not None}
-            if fracs:
-                worst = min(fracs, key=fracs.get)
-                out.append(
-                    (
-                        name,
-                        f"lowest: {fracs[worst]:.2f} at {CASES_BY_ID[worst].label}",
-                        fracs[worst] >= t["roofline_fraction_conv_min"],
-                    )
-                )
-        r = self.reduction_speedup()
-        out.append(
-            (
-                f"reduction ≥ {t['reduction_speedup_min']:.0f}× faster than delve's per-stat eigh loop",
-                _x(r),
-                None if r is None else r >= t["reduction_speedup_min"],
-            )
-        )
-        mem = [m for m in self.memory if m["path"] == "compiled"]
-        if mem:
-            worst = max(m["extra_mib"] for m in mem)
-            out.append(
-                (
-                    f"compiled op's extra peak ≤ {t['memory_extra_compiled_max_mib']:.0f} MiB whatever the batch",
-                    f"{worst:.1f} MiB (largest over {len(mem)} batch sizes)",
-                    worst <= t["memory_extra_compiled_max_mib"],
-                )
-            )
-        else:
-            out.append(("compiled op's extra peak ≤ 64 MiB whatever the batch", "not measured", None))
-        return out
-
+from benchmarks.config import REPO_ROOT, RESULTS_JSON, TARGETS
+from benchmarks.results import (
+    PATH_LABELS,
+    VARIANT_LABELS,
+    Results,
+    fmt_interval,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio,
+    fmt_verdict,
+)
+from benchmarks.update_cases import UPDATE_CASES
 
 # --------------------------------------------------------------------------- markdown
 
@@ -323,10 +67,7 @@ def update_table(r: Results) -> list[str]:
     head += ["roofline ms", "compiled vs delve", "twin vs delve"]
     if mixed:
         head.append("mixed vs delve")
-    first = bool(r.update_first_times)
-    head += ["fraction of roofline"]
-    if first:
-        head += ["compiled ms, first call", "fraction of roofline, first call"]
+    head += ["fraction of roofline", "compiled ms, first call", "fraction of roofline, first call"]
     head += ["fp64 GFLOP/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in UPDATE_CASES:
@@ -335,23 +76,22 @@ def update_table(r: Results) -> list[str]:
             case.label,
             str(case.channels),
             str(case.samples),
-            _ms(row.get("compiled")),
-            _ms(row.get("twin")),
-            _ms(row.get("delve")),
+            fmt_ms(row.get("compiled")),
+            fmt_ms(row.get("twin")),
+            fmt_ms(row.get("delve")),
         ]
         if mixed:
-            cells.append(_ms(row.get("compiled_mixed")))
-        cells += [_ms(r.roofline_s(case.id)), _x(r.speedup(case.id)), _x(r.speedup(case.id, "twin"))]
+            cells.append(fmt_ms(row.get("compiled_mixed")))
+        cells += [fmt_ms(r.roofline_s(case.id)), fmt_ratio(r.speedup(case.id)), fmt_ratio(r.speedup(case.id, "twin"))]
         if mixed:
-            cells.append(_x(r.speedup(case.id, "compiled_mixed")))
+            cells.append(fmt_ratio(r.speedup(case.id, "compiled_mixed")))
         frac = r.roofline_fraction(case.id)
         cells.append("–" if frac is None else f"{frac:.2f}")
-        if first:
-            frac_first = r.roofline_fraction(case.id, first=True)
-            cells += [
-                _ms(r.update_first.get(case.id, {}).get("compiled")),
-                "–" if frac_first is None else f"{frac_first:.2f}",
-            ]
+        frac_first = r.roofline_fraction(case.id, first=True)
+        cells += [
+            fmt_ms(r.update_first.get(case.id, {}).get("compiled")),
+            "–" if frac_first is None else f"{frac_first:.2f}",
+        ]
         rate = r.rate(case.id)
         cells.append("–" if rate is None else f"{rate / 1e9:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -368,7 +108,7 @@ def training_section(r: Results) -> list[str]:
     lines = [
         f"{tr['rounds']} rounds after warm-up; each round runs one SGD step (batch {tr['batch']}) of every model, "
         "in an order that rotates each round. Medians of the step times; overhead = median with / median without − 1 "
-        "(the issue's definition, used for the verdict). The 95% interval is a bootstrap over rounds, each round's "
+        "(the definition the targets use). The 95% interval is a bootstrap over rounds, each round's "
         "pair of steps resampled together (2000 resamples, fixed seed): how far the overhead could move on a rerun "
         "of the same length. "
         f"`add_saturations()` is timed separately (median of {len(next(iter(sat.values()), []))} calls) and amortised over "
@@ -385,8 +125,8 @@ def training_section(r: Results) -> list[str]:
         s = statistics.median(sat[v]) if sat.get(v) else None
         lines.append(
             f"| {VARIANT_LABELS.get(v, v)} | {med[v]:.1f} | {tr['overhead'][v]:+.1%} | "
-            f"{_interval_cell(tr.get('overhead_interval_95', {}).get(v))} | "
-            f"{_pct(tr.get('overhead_paired', {}).get(v))} | "
+            f"{fmt_interval(tr['overhead_interval_95'].get(v))} | "
+            f"{fmt_pct(tr['overhead_paired'].get(v))} | "
             f"{'–' if s is None else f'{s:.1f}'} | {'–' if s is None else f'{s / epoch_ms:.3%}'} |"
         )
     if tr.get("tracker_note"):
@@ -420,7 +160,9 @@ def reduction_section(r: Results) -> list[str]:
     ]
     for p in ("compiled", "twin", "delve", "delve_dtrc"):
         if p in r.reduction:
-            lines.append(f"| {PATH_LABELS.get(p, p)} | {_ms(r.reduction[p])} | {_x(r.reduction_speedup(p))} |")
+            lines.append(
+                f"| {PATH_LABELS.get(p, p)} | {fmt_ms(r.reduction[p])} | {fmt_ratio(r.reduction_speedup(p))} |"
+            )
     return lines
 
 
@@ -449,7 +191,7 @@ def render_markdown(r: Results, png_name: str | None) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Generated by `make bench` (`pytest benchmarks --benchmark-only`, then `python -m benchmarks.report`) "
+        "Generated by `make bench` (`pytest benchmarks --benchmark-only`, then `python -m benchmarks.render`) "
         f"from the run of {r.datetime or 'unknown date'}. Do not edit by hand.",
         "",
         machine_line(r),
@@ -458,13 +200,13 @@ def render_markdown(r: Results, png_name: str | None) -> str:
         "and expect ±10–20 % between runs.",
         *load_warning(r),
         "",
-        "## Targets (issue 5)",
+        "## Targets",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
     ]
     for name, measured, ok in r.targets():
-        lines.append(f"| {name} | {measured} | {_verdict(ok)} |")
+        lines.append(f"| {name} | {measured} | {fmt_verdict(ok)} |")
     lines += [
         "",
         "## 1. The covariance update op",
