@@ -152,7 +152,9 @@ class _Stream(io.StringIO):
         return self._tty
 
 
-@pytest.mark.parametrize(("progress", "tty", "expected"), [(True, True, True), (True, False, False), (False, True, False)])
+@pytest.mark.parametrize(
+    ("progress", "tty", "expected"), [(True, True, True), (True, False, False), (False, True, False)]
+)
 def test_bars_only_on_a_terminal_and_when_asked(progress, tty, expected):
     assert show_bars(progress, _Stream(tty)) is expected
 
