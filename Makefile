@@ -7,9 +7,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.26"
 PYTEST_ARGS ?=
-CSRC := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
+CSRC := $(shell find csrc build_backend -type f) CMakeLists.txt pyproject.toml
+# Python code that ruff checks and formats.
+PY_SRC := delve_fast tests benchmarks build_backend
+DIST ?= dist
 
-.PHONY: install test demo bench format lint clean cuda-build
+.PHONY: install test demo bench format lint clean cuda-build wheel
 
 install: $(VENV)/.delve_fast_installed
 
@@ -24,7 +27,8 @@ $(VENV)/.torch_installed: $(VENV)/bin/python
 # Editable install: Python edits are live, the extension is rebuilt when csrc/ changes.
 $(VENV)/.delve_fast_installed: $(VENV)/.torch_installed $(CSRC)
 	$(PIP) install --quiet $(BUILD_DEPS)
-	$(PIP) install --quiet --no-build-isolation -e ".[test]"
+	@# The demo extra too: tests/test_demo.py runs the demo.
+	$(PIP) install --quiet --no-build-isolation -e ".[test,demo]"
 	@# The real delve, for the parity tests only; they skip with a reason if it cannot be installed.
 	$(PIP) install --quiet "delve==0.1.50" tensorboardX || echo "delve 0.1.50 could not be installed: parity tests will skip"
 	$(PY) -c "import delve_fast; info = delve_fast.backend_info(); print('delve_fast backend:', info['backend'], '-', info['reason'])"
@@ -46,17 +50,27 @@ $(VENV)/.dev_tools_installed: $(VENV)/bin/python
 	touch $@
 
 format: $(VENV)/.dev_tools_installed
-	$(PY) -m ruff format delve_fast tests benchmarks
-	$(PY) -m ruff check --fix delve_fast tests benchmarks
+	$(PY) -m ruff format $(PY_SRC)
+	$(PY) -m ruff check --fix $(PY_SRC)
 	$(VENV)/bin/clang-format -i $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
 lint: $(VENV)/.dev_tools_installed
-	$(PY) -m ruff check delve_fast tests benchmarks
-	$(PY) -m ruff format --check delve_fast tests benchmarks
+	$(PY) -m ruff check $(PY_SRC)
+	$(PY) -m ruff format --check $(PY_SRC)
 	$(VENV)/bin/clang-format --dry-run -Werror $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
 
 clean:
 	rm -rf build dist *.egg-info runs .pytest_cache
+
+# CPU wheel in $(DIST), built against the torch in $(VENV) (see docs/building-wheels.md). It
+# records that torch's version and works with that torch only; under another it warns and
+# uses the pure-torch backend. Its own build folder keeps the editable build untouched.
+wheel: $(VENV)/.torch_installed
+	$(PIP) install --quiet $(BUILD_DEPS)
+	rm -f $(DIST)/delve_fast-*.whl
+	DELVE_FAST_CUDA=OFF $(PIP) wheel --no-build-isolation --no-deps -w $(DIST) -Cbuild-dir=build/wheel-cpu .
+	@whl=$$(ls $(DIST)/delve_fast-*.whl) && $(PY) -m zipfile -l $$whl | grep -E '_C.*\.so|_build_config|LICENSE' \
+	  && echo "wheel: $$whl (built against $$($(PY) -c 'import torch; print("torch", torch.__version__)'))"
 
 # ---------------------------------------------------------------------------
 # CUDA wheel, built (never run: no GPU here) in its own venv and build folder so

@@ -1,4 +1,13 @@
-"""Load the compiled extension without ever breaking ``import delve_fast``."""
+"""Load the compiled extension without ever breaking ``import delve_fast``.
+
+A C++ torch extension is tied to the exact torch it was compiled against: under
+another torch it may fail to load (undefined symbols) or, worse, load and
+misbehave. The build therefore records that torch's version in
+``delve_fast/_build_config.py``; when the torch imported now has another version,
+the extension is not loaded, one warning names both versions and the command
+that rebuilds delve_fast, and the pure-torch backend (same results, slower) is
+used.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +19,73 @@ from typing import Any
 VALID_BACKENDS = ("auto", "cpp", "torch")
 ENV_VAR = "DELVE_FAST_BACKEND"
 
+#: How to rebuild delve_fast against the torch that is installed (from its source folder).
+REBUILD_COMMAND = (
+    "pip install scikit-build-core pybind11 ninja cmake && "
+    "pip install --no-build-isolation --no-deps --force-reinstall <delve_fast source folder>"
+)
+
 _C: ModuleType | None = None
 _load_error: str | None = None
 _warned = False
 
 
+def _public_version(version: str) -> str:
+    """``'2.13.0+cpu'`` -> ``'2.13.0'``: the local tag names the wheel variant, not the C++ API."""
+    return version.split("+", 1)[0].strip()
+
+
+def built_torch_version() -> str | None:
+    """Return the torch version the extension was compiled against, or ``None`` if unrecorded.
+
+    Returns
+    -------
+    str or None
+        ``torch.__version__`` at build time (for example ``'2.13.0+cpu'``); ``None`` for a
+        tree that was never built.
+    """
+    try:
+        from delve_fast import _build_config  # noqa: PLC0415
+    except ImportError:
+        return None
+    return getattr(_build_config, "TORCH_VERSION", None) or None
+
+
+def torch_mismatch() -> str | None:
+    """Describe a mismatch between the torch imported now and the one delve_fast was built against.
+
+    Returns
+    -------
+    str or None
+        A one-line explanation naming both versions and the rebuild command, or ``None``
+        when the versions agree or the build recorded none.
+    """
+    built = built_torch_version()
+    if built is None:
+        return None
+    import torch  # noqa: PLC0415
+
+    if _public_version(built) == _public_version(torch.__version__):
+        return None
+    return (
+        f"delve_fast's compiled extension was built against torch {built}, but torch {torch.__version__} is "
+        f"installed, so it is not loaded and the pure-torch backend (same results, slower) is used; rebuild "
+        f"delve_fast against this torch: {REBUILD_COMMAND}"
+    )
+
+
 def _load() -> None:
-    global _C, _load_error
+    global _C, _load_error, _warned
     if os.environ.get("DELVE_FAST_HIDE_EXTENSION"):
         # Lets tests exercise the "extension missing" path in a subprocess.
         _load_error = "the extension was hidden by DELVE_FAST_HIDE_EXTENSION"
+        return
+    mismatch = torch_mismatch()
+    if mismatch is not None:
+        # Checked before loading: an extension built for another torch can crash the process.
+        _load_error = mismatch
+        _warned = True  # this is the one warning; the generic fallback warning would only repeat it
+        warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
         return
     try:
         from delve_fast import _C as ext  # noqa: PLC0415

@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--stat",
         choices=tuple(STAT_LABELS),
-        default="saturation",
-        help="statistic to draw (default: saturation, or the first one recorded if it is absent)",
+        default=None,
+        help="statistic to draw; it must be in the CSV (default: saturation, or the first one recorded if it is absent)",
     )
     return parser
 

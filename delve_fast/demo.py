@@ -55,7 +55,9 @@ class DemoConfig:
     seed : int
         Seed for the split, the shuffling and the weights.
     progress : bool
-        Show tqdm progress bars.
+        Show tqdm progress bars when stderr is a terminal. When it is not (output
+        redirected to a file, as on a cluster) the bars stay off and one line per
+        epoch is written to stderr instead, so logs do not fill with carriage returns.
     threads : int or None
         CPU threads torch may use during the run (restored afterwards); ``None`` keeps torch's
         setting. The default is 1: the model is so small that splitting its tiny matrix products
@@ -174,6 +176,7 @@ def load_digits_split(
         ``x_train (N, 1, 8, 8) float32`` scaled to [0, 1], ``y_train (N,) int64``,
         ``x_test``, ``y_test``.
     """
+    _require_demo_extra()
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -193,6 +196,38 @@ def load_digits_split(
         images, labels, test_size=test_fraction, random_state=seed, stratify=stratify
     )
     return (torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test), torch.from_numpy(y_test))
+
+
+def _require_demo_extra() -> None:
+    """Stop with the install command when the demo's own dependencies are missing."""
+    import importlib
+
+    missing = []
+    for module, package in (("sklearn", "scikit-learn"), ("tqdm", "tqdm")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise DemoError(
+            f"the demo needs {' and '.join(missing)}, which delve_fast itself does not; "
+            "install them with: pip install 'delve_fast[demo]' (or: pip install scikit-learn tqdm)"
+        )
+
+
+def show_bars(progress: bool, stream: TextIO) -> bool:
+    """Whether to draw progress bars on ``stream``: only when asked and ``stream`` is a terminal.
+
+    A bar redraws itself with a carriage return several times a second; in a file
+    (a cluster job's log) every redraw stays, hundreds of them per epoch.
+    """
+    if not progress:
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -279,6 +314,7 @@ def _train_and_report(
     start: float,
     out: TextIO,
 ) -> DemoResult:
+    _require_demo_extra()
     from tqdm import tqdm
 
     from delve_fast import SaturationTracker
@@ -309,6 +345,9 @@ def _train_and_report(
         backend=config.backend,
     )
     generator = torch.Generator().manual_seed(config.seed)
+    bars = show_bars(config.progress, sys.stderr)
+    # Without bars (output not a terminal), one line per epoch tells a log reader how far it got.
+    epoch_lines = config.progress and not bars
     test_accuracy = float("nan")
     train_loss = float("nan")
     for epoch in range(config.epochs):
@@ -318,7 +357,7 @@ def _train_and_report(
             _batches(len(y_train), config.batch_size, generator),
             desc=f"epoch {epoch + 1}/{config.epochs} train",
             unit="batch",
-            disable=not config.progress,
+            disable=not bars,
             file=sys.stderr,
         )
         for idx in bar:
@@ -339,7 +378,7 @@ def _train_and_report(
             _batches(len(y_test), config.batch_size, None),
             desc=f"epoch {epoch + 1}/{config.epochs} eval ",
             unit="batch",
-            disable=not config.progress,
+            disable=not bars,
             file=sys.stderr,
         )
         with torch.no_grad():
@@ -351,6 +390,12 @@ def _train_and_report(
                 bar.set_postfix(acc=f"{correct / len(y_test):.3f}")
         test_accuracy = correct / len(y_test)
 
+        if epoch_lines:
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.3f}, test accuracy {test_accuracy:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
         tracker.add_scalar("train_loss", train_loss)
         tracker.add_scalar("test_loss", test_loss / len(y_test))
         tracker.add_scalar("test_accuracy", test_accuracy)

@@ -456,10 +456,28 @@ def choose_stat(run: Run, preferred: str = "saturation") -> str:
     return preferred if run.has(preferred) else run.stat_names()[0]
 
 
+def require_stat(run: Run, stat: str) -> str:
+    """Return ``stat`` if the run recorded it.
+
+    Raises
+    ------
+    ReportError
+        If ``stat`` is unknown, or absent from the run; the message lists the
+        statistics the run does hold.
+    """
+    if stat not in STAT_LABELS:
+        raise ReportError(f"unknown statistic {stat!r}; choose one of {', '.join(STAT_LABELS)}")
+    if not run.has(stat):
+        raise ReportError(
+            f"{run.path} has no {stat!r} columns; the statistics it holds are: {', '.join(run.stat_names())}"
+        )
+    return stat
+
+
 def report(
     csv_path: str | Path,
     output_dir: str | Path | None = None,
-    stat: str = "saturation",
+    stat: str | None = None,
     feature_sizes: Mapping[str, int] | None = None,
 ) -> tuple[str, Path]:
     """Summarise a run file: the text of the per-layer table and the heat map written.
@@ -470,8 +488,9 @@ def report(
         A delve-format CSV.
     output_dir : str or Path, optional
         Folder for the heat map; default the CSV's folder.
-    stat : str
-        Statistic to draw; falls back to the first recorded one if absent.
+    stat : str, optional
+        Statistic to draw; it must be in the run. Default: saturation, or the
+        first recorded statistic when the run has no saturation.
     feature_sizes : mapping, optional
         Known feature-space sizes per layer (see :func:`layer_table`).
 
@@ -479,11 +498,17 @@ def report(
     -------
     tuple of (str, Path)
         The text to print and the PNG written.
+
+    Raises
+    ------
+    ReportError
+        For an unreadable run, a ``stat`` the run does not hold, or a heat map
+        that cannot be written (the message names the path).
     """
-    run = load_run(csv_path)
-    if stat not in STAT_LABELS:
+    if stat is not None and stat not in STAT_LABELS:
         raise ReportError(f"unknown statistic {stat!r}; choose one of {', '.join(STAT_LABELS)}")
-    stat = choose_stat(run, stat)
+    run = load_run(csv_path)
+    stat = choose_stat(run) if stat is None else require_stat(run, stat)
     last = run.epochs[-1]
     lines = [
         f"{run.path}: {len(run.layers)} layers, {len(run.epochs)} epochs, modes: {', '.join(run.modes)}",
@@ -493,8 +518,11 @@ def report(
     scalars = format_scalars(run)
     if scalars:
         lines.append(f"scalars at the last epoch: {scalars}")
+    target = heatmap_path(run.path, output_dir, stat)
     try:
-        png = plot_heatmap(run, heatmap_path(run.path, output_dir, stat), stat=stat)
+        png = plot_heatmap(run, target, stat=stat)
     except OSError as exc:
-        raise ReportError(f"cannot write the heat map: {exc.strerror or exc}") from None
+        # Name the heat map, and also the folder that failed when it is another one (mkdir on a parent).
+        failed = f" ({exc.filename})" if exc.filename and Path(exc.filename) != target else ""
+        raise ReportError(f"cannot write the heat map {target}{failed}: {exc.strerror or exc}") from None
     return "\n".join(lines), png

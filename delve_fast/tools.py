@@ -8,13 +8,16 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from delve_fast import ops
 from delve_fast import stats as S
+
+if TYPE_CHECKING:  # imported on first use: `import delve_fast` should not pay for pandas
+    import pandas as pd
 
 __all__ = ["reconstruct_csv_from_npy_data", "RECOMPUTABLE_STATS"]
 
@@ -109,6 +112,8 @@ def reconstruct_csv_from_npy_data(
     ValueError
         If a stat cannot be recomputed.
     """
+    import pandas as pd
+
     if not os.path.isdir(npywriter_out_path):
         raise FileNotFoundError(f"{npywriter_out_path!r} is not a folder written by the npy writer")
     stats = [stats] if isinstance(stats, str) else list(stats)

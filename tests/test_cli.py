@@ -166,6 +166,45 @@ def test_report_directory_instead_of_file(tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err)
 
 
+def test_report_stat_missing_from_csv_is_an_error_listing_present_stats(tmp_path, capsys):
+    # The fixture records saturation, intrinsic dimensionality and covariance trace, no determinant.
+    assert main(["report", str(FIXTURE), "--stat", "covariance-determinant", "--output", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert_one_line_error(captured.err)
+    assert "'covariance-determinant'" in captured.err
+    for present in ("saturation", "intrinsic-dimensionality", "covariance-trace"):
+        assert present in captured.err
+    assert not list(tmp_path.glob("*.png"))  # nothing drawn in its place
+    assert captured.out == ""
+
+
+def test_report_without_stat_falls_back_to_a_recorded_one(tmp_path, capsys):
+    csv = tmp_path / "idim_only.csv"
+    csv.write_text(";train-intrinsic-dimensionality_a;train-intrinsic-dimensionality_b\n0;3;4\n1;2;5\n")
+    assert main(["report", str(csv)]) == 0
+    assert_png(tmp_path / "idim_only_intrinsic-dimensionality_heatmap.png")
+
+
+@pytest.mark.parametrize("where", ["file", "below_file"])
+def test_report_output_error_names_the_path(tmp_path, capsys, where):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    output = blocker if where == "file" else blocker / "sub"
+    assert main(["report", str(FIXTURE), "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert_one_line_error(err)
+    assert str(output / "delve_format_run_saturation_heatmap.png") in err
+
+
+def test_demo_output_that_is_a_file_names_the_path(tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    assert main(["demo", "--output", str(blocker), "--no-progress", "--subset", "40"]) == 1
+    err = capsys.readouterr().err
+    assert_one_line_error(err)
+    assert str(blocker) in err
+
+
 def test_report_error_via_python_dash_m(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("this is not a delve file\n")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from delve_fast.cli import main
-from delve_fast.demo import RUN_NAME, DigitsCNN, feature_sizes
+from delve_fast.demo import RUN_NAME, DigitsCNN, feature_sizes, show_bars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIZES = feature_sizes(DigitsCNN())
@@ -123,3 +123,56 @@ def test_report_on_demo_csv_via_python_dash_m(demo_run, tmp_path):
     for layer in SIZES:
         assert layer in proc.stdout
     assert_png(tmp_path / f"{RUN_NAME}_saturation_heatmap.png")
+
+
+# --------------------------------------------------------------------------- progress output and the demo extra
+
+
+def test_redirected_output_has_no_progress_bar_redraws(tmp_path):
+    # Progress is on (no --no-progress), but stderr is a pipe, as when a cluster job logs to a file.
+    proc = subprocess.run(
+        [sys.executable, "-m", "delve_fast", "demo", "--epochs", "2", "--subset", "60", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "\r" not in proc.stdout
+    # One plain line per epoch instead of the bars.
+    epoch_lines = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+@pytest.mark.parametrize(
+    ("progress", "tty", "expected"), [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_bars_only_on_a_terminal_and_when_asked(progress, tty, expected):
+    assert show_bars(progress, _Stream(tty)) is expected
+
+
+def test_closed_stream_means_no_bars():
+    stream = io.StringIO()
+    stream.close()  # isatty() on a closed stream raises ValueError
+    assert show_bars(True, stream) is False
+
+
+def test_missing_demo_extra_is_one_line_error_with_the_install_command(tmp_path):
+    code = (
+        "import sys; sys.modules['sklearn'] = None; "  # makes `import sklearn` raise ImportError
+        "from delve_fast.cli import main; "
+        f"sys.exit(main(['demo', '--output', {str(tmp_path)!r}, '--no-progress']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "scikit-learn" in proc.stderr and "delve_fast[demo]" in proc.stderr
+    assert "tqdm" not in proc.stderr.split("needs", 1)[1].split(",")[0]  # tqdm is installed: only sklearn is named

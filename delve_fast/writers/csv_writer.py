@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from delve_fast.writers.base import COVARIANCE_TAG, AbstractWriter, is_scalar_value, log
+
+if TYPE_CHECKING:  # pandas is imported when a table is first read or written, not with delve_fast
+    import pandas as pd
 
 __all__ = ["CSVWriter"]
 
@@ -69,6 +71,8 @@ class CSVWriter(AbstractWriter):
         self.epoch_counter = initial_epoch
         if not self._check_savestate_ok(self.csv_path):
             return
+        import pandas as pd
+
         df = pd.read_csv(self.csv_path, sep=";", index_col=0)
         self._columns = [str(c) for c in df.columns]
         self._rows = [
@@ -111,6 +115,8 @@ class CSVWriter(AbstractWriter):
     # -- output ------------------------------------------------------------
     def to_dataframe(self) -> pd.DataFrame:
         """Return the table: saved rows plus the open one, NaN where a value is missing."""
+        import pandas as pd
+
         rows = self._rows + ([self._open] if self._open else [])
         return pd.DataFrame.from_records(rows, columns=self._columns) if rows else pd.DataFrame(columns=self._columns)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,18 @@ __all__ = ["CSVandPlottingWriter", "PLOTTED_STATS"]
 
 #: Stats drawn as "value per layer" plots, in delve's order.
 PLOTTED_STATS: tuple[str, ...] = ("lsat", "idim", "det", "trc", "dtrc")
+
+#: Stats that are whole numbers: their plots get integer ticks only.
+INTEGER_STATS: frozenset[str] = frozenset({"idim"})
+
+
+def axis_label(stat: str) -> str:
+    """The y label of a stat's plot: its delve name in words, on two lines when long.
+
+    A 16 pt label longer than the axes are tall would stick out of the figure, so
+    names such as ``intrinsic-dimensionality`` are broken at a space.
+    """
+    return textwrap.fill(STATMAP[stat].replace("-", " "), width=16)
 
 
 class CSVandPlottingWriter(CSVWriter):
@@ -109,7 +122,9 @@ class CSVandPlottingWriter(CSVWriter):
     def _new_axes(self) -> tuple[Any, Any]:
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=self.figsize)
+        # Constrained layout makes room for every label when the figure is drawn, after
+        # plot_manipulation_func has had its say (tight_layout ran before and could fail).
+        fig = Figure(figsize=self.figsize, layout="constrained")
         return fig, fig.add_subplot(1, 1, 1)
 
     def _finish(self, fig: Any, ax: Any, path: str) -> None:
@@ -117,7 +132,6 @@ class CSVandPlottingWriter(CSVWriter):
             returned = self.plot_man_func(ax)
             if returned is not None and hasattr(returned, "figure"):
                 fig = returned.figure
-        fig.tight_layout()
         fig.savefig(path)
         self.written_plots.append(path)
         log.info("saved plot %s", path)
@@ -143,8 +157,12 @@ class CSVandPlottingWriter(CSVWriter):
         ax.set_xticklabels(labels, rotation=90)
         if stat == "lsat":
             ax.set_ylim(0.0, 1.0)
+        if stat in INTEGER_STATS:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layers", fontsize=self.fontsize)
-        ax.set_ylabel(STATMAP[stat], fontsize=self.fontsize)
+        ax.set_ylabel(axis_label(stat), fontsize=self.fontsize)
         ax.tick_params(axis="y", labelsize=self.fontsize)
         ax.set_title(self._title(mode, epoch), fontsize=self.fontsize)
         if self.primary_metric is not None and self.primary_metric in row:
