@@ -44,7 +44,8 @@ def _check_torch() -> None:
             )
         _stop(
             f"torch is not importable by {sys.executable} ({exc}); delve_fast is compiled against the installed "
-            f"torch, so install torch first (for the CPU build: pip install torch), then: {INSTALL_COMMAND}"
+            f"torch, so install torch first, then: {INSTALL_COMMAND}. If torch is installed, the build front end "
+            "is isolating the build from it (python -m build does by default: add --no-isolation)."
         )
 
 

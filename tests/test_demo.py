@@ -176,3 +176,51 @@ def test_missing_demo_extra_is_one_line_error_with_the_install_command(tmp_path)
     assert "Traceback" not in proc.stderr
     assert "scikit-learn" in proc.stderr and "delve_fast[demo]" in proc.stderr
     assert "tqdm" not in proc.stderr.split("needs", 1)[1].split(",")[0]  # tqdm is installed: only sklearn is named
+
+
+# --------------------------------------------------------------------------- the per-epoch plots' layout
+
+
+def _draw_epoch_plots(tmp_path, idim_values):
+    """Save one epoch of the plot writer with the demo's layers; return {stat: (figure, axes)} as drawn."""
+    from delve_fast.writers import CSVandPlottingWriter
+
+    drawn = {}
+    writer = CSVandPlottingWriter(
+        str(tmp_path / RUN_NAME), plot_manipulation_func=lambda ax: drawn.setdefault(ax.get_ylabel(), ax)
+    )
+    for layer, idim in zip(SIZES, idim_values, strict=True):
+        writer.add_scalar(f"train-intrinsic-dimensionality_{layer}", float(idim))
+        writer.add_scalar(f"train-saturation_{layer}", idim / SIZES[layer])
+    writer.save()
+    return drawn
+
+
+def test_epoch_plot_labels_stay_inside_the_figure(tmp_path):
+    # The values of a 5-epoch demo run: a span of 4-18 gave fractional ticks and a clipped label.
+    drawn = _draw_epoch_plots(tmp_path, [6, 14, 17, 18, 5, 5, 4])
+    assert len(drawn) == 2
+    for ax in drawn.values():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fig = ax.figure
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)  # the layout as saved
+        box = fig.bbox
+        # Everything the axes draw (labels, tick labels, title); ticks outside the view are not drawn.
+        for name, ext in (
+            ("axes", ax.get_tightbbox(renderer)),
+            ("y label", ax.yaxis.label.get_window_extent(renderer)),
+        ):
+            # Pixels; half a pixel of slack for anti-aliasing at the border.
+            assert ext.x0 >= box.x0 - 0.5 and ext.x1 <= box.x1 + 0.5, (name, ax.get_ylabel(), ext)
+            assert ext.y0 >= box.y0 - 0.5 and ext.y1 <= box.y1 + 0.5, (name, ax.get_ylabel(), ext)
+
+
+@pytest.mark.parametrize("idim_values", [[6, 14, 17, 18, 5, 5, 4], [4, 5, 5, 6, 4, 5, 4], [1, 1, 1, 1, 1, 1, 1]])
+def test_idim_plot_has_integer_ticks(tmp_path, idim_values):
+    drawn = _draw_epoch_plots(tmp_path, idim_values)
+    (idim_ax,) = [ax for label, ax in drawn.items() if "dimensionality" in label]
+    ticks = [t for t in idim_ax.get_yticks() if idim_ax.get_ylim()[0] <= t <= idim_ax.get_ylim()[1]]
+    assert len(ticks) >= 2
+    assert all(float(t).is_integer() for t in ticks), ticks

@@ -161,6 +161,12 @@ class CSVandPlottingWriter(CSVWriter):
             from matplotlib.ticker import MaxNLocator
 
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            finite = [v for v in values if math.isfinite(v)]
+            lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+            if hi - lo < 2:
+                # The locator keeps to integers only when the view holds at least two of them;
+                # widen a flat line (every layer at the same idim) to show its neighbours.
+                ax.set_ylim(lo - 1 if lo >= 1 else lo - 0.5, hi + 1)
         ax.set_xlabel("layers", fontsize=self.fontsize)
         ax.set_ylabel(axis_label(stat), fontsize=self.fontsize)
         ax.tick_params(axis="y", labelsize=self.fontsize)
