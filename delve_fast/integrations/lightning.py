@@ -41,9 +41,10 @@ class SaturationCallback(_pl.Callback):
     of that epoch too, because Lightning validates before the training epoch
     ends. At the end of fit the hooks are removed and the writers closed.
 
-    The tracker's state (row count and the covariance gathered since the
-    last row) is saved in checkpoints and restored by ``fit(ckpt_path=...)``;
-    the resumed run appends its rows to the same files.
+    The callback's state is saved in checkpoints and restored by
+    ``fit(ckpt_path=...)``: the resumed run appends its rows to the same
+    files. The covariance gathered since the last row is kept too when the
+    tracker provides ``state_dict()``; otherwise a warning says it is lost.
 
     Parameters
     ----------
