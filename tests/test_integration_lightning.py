@@ -134,6 +134,10 @@ def test_fit_logs_same_values_as_plain_tracker(tmp_path):
 
     # Detached at the end: no tracker, and only the recorder's hooks were ever left on the layers.
     assert callback.tracker is None
+    # A checkpoint saved after fit still holds the final state (two rows written).
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    saved = torch.load(tmp_path / "after.ckpt", weights_only=False)["callbacks"]
+    assert [v["epoch"] for k, v in saved.items() if "SaturationCallback" in k] == [2]
     assert all(len(layer._forward_hooks) == 0 for layer in recorder.layers.values())
 
 

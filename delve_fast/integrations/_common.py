@@ -131,6 +131,7 @@ class TrackedRun:
         self.epochs_ended = 0
         self.last_step_seen = 0
         self._restored: dict[str, Any] | None = None
+        self._final: dict[str, Any] | None = None
         self._warned_no_state = False
 
     # ------------------------------------------------------------ life cycle
@@ -167,6 +168,7 @@ class TrackedRun:
             # so a resumed run appends to the file instead of overwriting it.
             kwargs.setdefault("initial_epoch", int(restored["epoch"]))
         self.tracker = SaturationTracker(self.savefile, self.save_to, **kwargs)
+        self._final = None
         if restored is not None:
             self._load_into_tracker(restored)
             self._restored = None
@@ -174,8 +176,13 @@ class TrackedRun:
         return self.tracker
 
     def detach(self) -> None:
-        """Remove the hooks and close the writers; safe to call twice."""
+        """Remove the hooks and close the writers; safe to call twice.
+
+        The final state is kept, so that a checkpoint saved after training
+        (``trainer.save_checkpoint``) still holds it.
+        """
         if self.tracker is not None:
+            self._final = self.state_dict()
             self.tracker.close()
             self.tracker = None
         self.due = False
@@ -237,6 +244,8 @@ class TrackedRun:
         if self.tracker is None:
             if self._restored is not None:
                 return dict(self._restored)
+            if self._final is not None:
+                return dict(self._final)
             return {"version": STATE_VERSION, "epoch": 0, "epochs_ended": self.epochs_ended, "tracker": None}
         tracker_state = None
         if hasattr(self.tracker, "state_dict"):
