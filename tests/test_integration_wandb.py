@@ -16,7 +16,8 @@ from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 from delve_fast import SaturationTracker  # noqa: E402
 from delve_fast.integrations._testing import assert_rows_equal, read_csv_rows  # noqa: E402
-from delve_fast.writers import WRITERS, WandbWriter  # noqa: E402
+from delve_fast.writers import WRITERS  # noqa: E402
+from delve_fast.writers.wandb_writer import WandbWriter  # noqa: E402
 
 STATS = ["lsat", "idim", "trc"]
 
