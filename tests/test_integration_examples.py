@@ -50,11 +50,14 @@ def test_transformers_example(tmp_path, monkeypatch, capsys):
 
 def test_wandb_example(tmp_path, monkeypatch, capsys):
     pytest.importorskip("wandb")
-    for key, value in {
+    # The example passes dir=<output> to wandb.init, so its run lands in tmp_path whatever wandb cached.
+    env = {
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
-        "WANDB_CONFIG_DIR": str(tmp_path / "c"),
-    }.items():
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_CONFIG_DIR": str(tmp_path),
+    }
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     run_example("wandb_saturation.py", tmp_path, monkeypatch, capsys)
     assert len(read_csv_rows(str(tmp_path / "saturation.csv"))) == 2

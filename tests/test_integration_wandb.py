@@ -24,7 +24,11 @@ STATS = ["lsat", "idim", "trc"]
 
 @pytest.fixture(autouse=True)
 def offline_wandb(tmp_path, monkeypatch):
-    """Every run offline, in this test's folder: nothing reaches the network or the user's settings."""
+    """Every run offline, in this test's folder: nothing reaches the network or the user's settings.
+
+    wandb reads these variables once per process and caches them, so every
+    ``wandb.init`` in these tests also passes ``mode`` and ``dir`` itself.
+    """
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
@@ -33,6 +37,10 @@ def offline_wandb(tmp_path, monkeypatch):
     yield
     if wandb.run is not None:
         wandb.run.finish()
+
+
+def offline_init(tmp_path: Path, **kwargs) -> dict:
+    return {"mode": "offline", "dir": str(tmp_path), "project": "delve-fast-test", **kwargs}
 
 
 def _records(raw: bytes) -> list[bytes]:
@@ -128,10 +136,11 @@ def test_writer_starts_an_offline_run_and_logs_every_value_with_the_epoch(tmp_pa
         modules=net,
         device="cpu",
         stats=STATS,
-        writer_args={"wandb_init": {"project": "delve-fast-test", "name": "writer"}},
+        writer_args={"wandb_init": offline_init(tmp_path, name="writer")},
     )
     writer = tracked.writer
     run_dir = Path(writer.run.dir).parent
+    assert run_dir.is_relative_to(tmp_path)
     train_two_epochs(net, plain, tracked)
     plain.close()
     tracked.close()
@@ -158,7 +167,8 @@ def test_writer_starts_an_offline_run_and_logs_every_value_with_the_epoch(tmp_pa
 
 
 def test_writer_logs_into_the_active_run_and_leaves_it_open(tmp_path):
-    run = wandb.init(project="delve-fast-test", name="active")
+    run = wandb.init(**offline_init(tmp_path, name="active"))
+    assert Path(run.dir).is_relative_to(tmp_path)
     for step in range(5):  # the user's own metric, at its own steps, before the tracker logs
         run.log({"loss": 1.0 / (step + 1)})
     net = model()
