@@ -34,7 +34,16 @@ $(VENV)/.delve_fast_installed: $(VENV)/.torch_installed $(CSRC)
 	$(PY) -c "import delve_fast; info = delve_fast.backend_info(); print('delve_fast backend:', info['backend'], '-', info['reason'])"
 	touch $@
 
-test: install
+# Lightning, the Hugging Face Trainer and W&B, for the integration tests. torch is named on the
+# same command line so that pip keeps the installed build instead of pulling another one.
+INTEGRATION_DEPS := "lightning>=2.2" "transformers>=4.40" "accelerate>=0.26" "wandb>=0.16"
+
+$(VENV)/.integrations_installed: $(VENV)/.delve_fast_installed
+	$(PIP) install --quiet "$(TORCH_SPEC)" $(INTEGRATION_DEPS)
+	$(PY) -c "import torch, lightning, transformers, accelerate, wandb; print('integrations: torch', torch.__version__, '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| wandb', wandb.__version__)"
+	touch $@
+
+test: install $(VENV)/.integrations_installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -22,6 +22,7 @@ from delve_fast.writers import (
     PrintWriter,
     TensorBoardWriter,
 )
+from delve_fast.writers.wandb_writer import WandbWriter
 
 
 def test_registry_keys():
@@ -35,6 +36,7 @@ def test_registry_keys():
         "csvplot": CSVandPlottingWriter,
         "plot": CSVandPlottingWriter,
         "plotcsv": CSVandPlottingWriter,
+        "wandb": WandbWriter,
     }
     assert all(issubclass(cls, AbstractWriter) for cls in WRITERS.values())
 

@@ -22,6 +22,7 @@ from delve_fast.writers.npy_writer import NPYWriter
 from delve_fast.writers.plotting_writer import CSVandPlottingWriter
 from delve_fast.writers.print_writer import PrintWriter
 from delve_fast.writers.tensorboard_writer import TensorBoardWriter
+from delve_fast.writers.wandb_writer import WandbWriter
 
 __all__ = [
     "AbstractWriter",
@@ -46,4 +47,5 @@ WRITERS: dict[str, type[AbstractWriter]] = {
     "csvplot": CSVandPlottingWriter,
     "plot": CSVandPlottingWriter,
     "plotcsv": CSVandPlottingWriter,
+    "wandb": WandbWriter,
 }

@@ -1,0 +1,192 @@
+"""SaturationCallback in a real Hugging Face Trainer run: values, files, log_history and a report_to integration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'delve_fast[hf]')")
+pytest.importorskip("accelerate", reason="the Trainer needs accelerate (pip install 'delve_fast[hf]')")
+
+from delve_fast.integrations._testing import (  # noqa: E402
+    ActivationRecorder,
+    assert_rows_equal,
+    read_csv_rows,
+    replay,
+)
+from delve_fast.integrations.transformers import SaturationCallback  # noqa: E402
+
+STATS = ["lsat", "idim", "trc"]
+N_TRAIN, N_VAL, BATCH = 48, 32, 16
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+class DictDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 6, generator=g)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class RowTagger(transformers.TrainerCallback):
+    """The test's own definition of a row: training epoch k and the k-th evaluation."""
+
+    def __init__(self) -> None:
+        self.epoch = -1
+        self.evaluations = 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch += 1
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluations += 1
+
+    def row_of(self, mode: str) -> int:
+        return self.epoch if mode == "train" else self.evaluations
+
+
+def make_args(tmp_path: Path, **kwargs) -> transformers.TrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=BATCH,
+        learning_rate=0.05,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    defaults.update(kwargs)
+    return transformers.TrainingArguments(**defaults)
+
+
+def run(tmp_path: Path, callback_kwargs: dict, **arg_kwargs):
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    tagger = RowTagger()
+    recorder = ActivationRecorder(model, tagger.row_of)
+    trainer = transformers.Trainer(
+        model=model,
+        args=make_args(tmp_path, **arg_kwargs),
+        train_dataset=DictDataset(N_TRAIN, 0),
+        eval_dataset=DictDataset(N_VAL, 1),
+        callbacks=[tagger],
+    )
+    callback = SaturationCallback(str(tmp_path / "sat"), **callback_kwargs).attach(trainer)
+    trainer.train()
+    recorder.remove()
+    return trainer, callback, recorder
+
+
+def test_train_reports_same_values_as_plain_tracker(tmp_path):
+    trainer, callback, recorder = run(tmp_path, dict(save_to="csv", stats=STATS), report_to=["tensorboard"])
+    expected = replay(recorder.records, list(recorder.layers), rows=[0, 1], stats=STATS)
+    # Each row holds the epoch's training batches and the evaluation that followed it.
+    assert all(any(k.startswith("eval-") for k in row) and any(k.startswith("train-") for k in row) for row in expected)
+
+    written = read_csv_rows(str(tmp_path / "sat.csv"))
+    assert len(written) == 2
+    for i in range(2):
+        assert_rows_equal(written[i], expected[i], f"CSV row {i}")
+
+    keys = set(expected[0])
+    logged = [entry for entry in trainer.state.log_history if keys & set(entry)]
+    assert len(logged) == 2
+    for i, entry in enumerate(logged):
+        assert_rows_equal({k: entry[k] for k in keys if k in entry}, expected[i], f"log_history entry {i}")
+        assert entry["epoch"] == pytest.approx(i + 1)
+        assert entry["step"] == 3 * (i + 1)
+
+    # The report_to integration (TensorBoard here) received the values through Trainer.log.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (event_dir,) = {p.parent for p in (tmp_path / "out").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(event_dir))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for key in keys:
+        (tag,) = [t for t in tags if t.endswith(key)]  # the HF callback may prefix "train/"
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [3, 6]
+        for i, event in enumerate(events):
+            # TensorBoard stores float32: compare at float32 resolution.
+            assert event.value == pytest.approx(expected[i][key], rel=2**-23)
+
+    assert callback.tracker is None
+    assert all(len(layer._forward_hooks) == 0 for layer in recorder.layers.values())
+
+
+def test_every_n_steps_without_evaluation(tmp_path):
+    # 6 optimizer steps, a row every 4: one at step 4 and the rest (steps 5-6) at the end of training.
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    steps = {"done": 0}
+
+    class StepCounter(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps["done"] = state.global_step
+
+    recorder = ActivationRecorder(model, lambda mode: steps["done"] // 4)
+    trainer = transformers.Trainer(
+        model=model,
+        args=make_args(tmp_path, eval_strategy="no"),
+        train_dataset=DictDataset(N_TRAIN, 0),
+        callbacks=[StepCounter()],
+    )
+    SaturationCallback(str(tmp_path / "steps"), every_n_epochs=None, every_n_steps=4, stats=STATS).attach(trainer)
+    trainer.train()
+    recorder.remove()
+    expected = replay(recorder.records, list(recorder.layers), rows=[0, 1], stats=STATS)
+    written = read_csv_rows(str(tmp_path / "steps.csv"))
+    assert len(written) == 2
+    for i in range(2):
+        assert_rows_equal(written[i], expected[i], f"CSV row {i}")
+    logged = [e for e in trainer.state.log_history if set(expected[0]) & set(e)]
+    assert [e["step"] for e in logged] == [4, 6]
+
+
+def test_without_attach_values_still_reach_log_history(tmp_path):
+    torch.manual_seed(0)
+    callback = SaturationCallback(str(tmp_path / "plain"), stats=["lsat"])
+    trainer = transformers.Trainer(
+        model=TinyClassifier(),
+        args=make_args(tmp_path, eval_strategy="no", num_train_epochs=1),
+        train_dataset=DictDataset(N_TRAIN, 0),
+        callbacks=[callback],
+    )
+    with pytest.warns(RuntimeWarning, match=r"attach\(trainer\)"):
+        trainer.train()
+    logged = [e for e in trainer.state.log_history if any(k.startswith("train-saturation") for k in e)]
+    assert len(logged) == 1
+    assert len(read_csv_rows(str(tmp_path / "plain.csv"))) == 1
+
+
+def test_attach_rejects_a_non_trainer():
+    with pytest.raises(TypeError, match="transformers.Trainer"):
+        SaturationCallback("unused").attach(object())
