@@ -126,11 +126,23 @@ CLASS_CASES = sorted(
 )
 
 
+#: Methods whose delve signature is not the one to follow, and why.
+METHOD_EXCEPTIONS = {
+    # delve's abstract method lists global_step as a required positional
+    # parameter, but none of delve's writers accepts it positionally (they all
+    # take (prefix, value_dict, **kwargs)) and both trackers pass it by keyword.
+    # delve_fast's abstract method matches the writers.
+    ("AbstractWriter", "add_scalars"),
+}
+
+
 @pytest.mark.parametrize(("module_name", "cls_name"), CLASS_CASES, ids=[f"{m}.{n}" for m, n in CLASS_CASES])
 def test_public_methods_exist_with_compatible_signatures(module_name, cls_name):
     theirs = getattr(importlib.import_module(module_name), cls_name)
     ours = _ours(module_name, cls_name)
     for meth, fn in _public_methods(theirs).items():
+        if (cls_name, meth) in METHOD_EXCEPTIONS:
+            continue
         assert hasattr(ours, meth), f"{module_name}.{cls_name}.{meth} is missing in delve_fast"
         _check_compatible(inspect.signature(fn), inspect.signature(getattr(ours, meth)), f"{cls_name}.{meth}")
 
