@@ -47,4 +47,3 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"delve_fast.{name}")
     raise AttributeError(f"module 'delve_fast' has no attribute {name!r}")
-

@@ -218,9 +218,7 @@ def _layer_type(module: nn.Module, types: Collection[type[nn.Module]] | None = N
     return None
 
 
-def _tracked(
-    module: nn.Module, include_conv: bool, types: Collection[type[nn.Module]] | None
-) -> LayerType | None:
+def _tracked(module: nn.Module, include_conv: bool, types: Collection[type[nn.Module]] | None) -> LayerType | None:
     spec = _layer_type(module, types)
     if spec is None or (spec.is_conv and not include_conv):
         return None

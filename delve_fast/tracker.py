@@ -218,7 +218,9 @@ class SaturationTracker:
         self.record = True
         self.epoch = self.initial_epoch
         for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types))))
+            self._hooks.append(
+                layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types)))
+            )
             log.info("added layer %s", name)
         if self.initial_epoch != 0:
             self.writer.resume_from_saved_state(self.initial_epoch)

@@ -83,7 +83,9 @@ def _check_compatible(theirs: inspect.Signature, ours: inspect.Signature, where:
         if tp.default is not tp.empty:
             assert op.default is not op.empty, f"{where}: {tp.name} has no default; delve's is {tp.default!r}"
             if isinstance(tp.default, PLAIN):
-                assert _same_default(op.default, tp.default), f"{where}: {tp.name} defaults to {op.default!r}, delve's to {tp.default!r}"
+                assert _same_default(op.default, tp.default), (
+                    f"{where}: {tp.name} defaults to {op.default!r}, delve's to {tp.default!r}"
+                )
     for extra in o_named[len(t_named) :]:
         assert extra.default is not extra.empty or extra.kind is extra.KEYWORD_ONLY, (
             f"{where}: added parameter {extra.name} needs a default"
@@ -275,7 +277,9 @@ def test_plotting_helpers_read_the_csv_and_write_delves_file_names(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2"]
     assert ax.get_ylabel() == "intrinsic-dimensionality"
     ys = ax.lines[0].get_ydata()
-    np.testing.assert_array_equal(ys, df.loc[1, ["train-intrinsic-dimensionality_0", "train-intrinsic-dimensionality_2"]])
+    np.testing.assert_array_equal(
+        ys, df.loc[1, ["train-intrinsic-dimensionality_0", "train-intrinsic-dimensionality_2"]]
+    )
     with pytest.raises(ValueError, match="stat='nope' is not a statistic"):
         plot_stat_level_from_results(csv_path, epoch=0, stat="nope")
 

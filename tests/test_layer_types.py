@@ -91,7 +91,9 @@ def test_unbatched_conv1d_is_one_entry(tmp_path):
     x = torch.randn(2, 9)  # unbatched (C, L)
     y = conv(x).detach().double().numpy()[None]
     assert t.seen_samples["train"]["Module-0-Conv1d"] == 1
-    assert_cov_close(torch.from_numpy(_covs(t)["train-covariance-matrix_Module-0-Conv1d"]), _np_cov(_channelwise(y)), RTOL)
+    assert_cov_close(
+        torch.from_numpy(_covs(t)["train-covariance-matrix_Module-0-Conv1d"]), _np_cov(_channelwise(y)), RTOL
+    )
     t.close()
 
 
@@ -103,7 +105,9 @@ def test_conv1d_interpolation_uses_the_1d_mode(tmp_path, strategy, mode):
     x = torch.randn(4, 2, 40)
     y = conv(x).detach()
     small = F.interpolate(y, size=8, mode=mode).double().numpy()
-    assert_cov_close(torch.from_numpy(_covs(t)["train-covariance-matrix_Module-0-Conv1d"]), _np_cov(_channelwise(small)), RTOL)
+    assert_cov_close(
+        torch.from_numpy(_covs(t)["train-covariance-matrix_Module-0-Conv1d"]), _np_cov(_channelwise(small)), RTOL
+    )
     t.close()
 
 
@@ -336,7 +340,9 @@ def test_delves_columns_and_values_are_unchanged_by_the_new_types(tmp_path):
     stats = ["lsat", "idim", "trc", "dtrc"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = delve.SaturationTracker(str(tmp_path / "d" / "run"), save_to="csv", modules=net, device="cpu", stats=stats)
+        theirs = delve.SaturationTracker(
+            str(tmp_path / "d" / "run"), save_to="csv", modules=net, device="cpu", stats=stats
+        )
         ours = SaturationTracker(str(tmp_path / "f" / "run"), save_to="csv", modules=net, device="cpu", stats=stats)
         x = torch.randn(32, 3, 9)
         net(x)
@@ -351,3 +357,27 @@ def test_delves_columns_and_values_are_unchanged_by_the_new_types(tmp_path):
     assert [c for c in a.columns if c not in new] == list(b.columns)  # delve's columns, in delve's order
     for col in b.columns:
         np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9, err_msg=col)
+
+
+def test_nested_tensors_contribute_their_real_tokens(tmp_path):
+    torch.manual_seed(10)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), num_layers=1)
+    t = _tracker(tmp_path, enc, max_samples=10)
+    enc.eval()
+    x = torch.randn(2, 5, 8)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():  # eval + padding mask: the encoder hands its layers nested tensors
+        enc(x, src_key_padding_mask=padding)
+    counts = {k: v.n_samples for k, v in t.logs["eval-covariance-matrix"].items()}
+    assert counts == dict.fromkeys(t.layers, 8)  # 5 + 3 real tokens, the padding left out
+    assert t.seen_samples["eval"]["layers-0-linear1"] == 2  # rows are sequences
+    lin = nn.Linear(4, 3)
+    t2 = _tracker(tmp_path, lin)
+    parts = [torch.randn(2, 4), torch.randn(5, 4)]
+    lin(torch.nested.nested_tensor(parts))
+    with torch.no_grad():
+        rows = torch.cat([lin(p) for p in parts]).double().numpy()
+    # nested and dense Linear kernels may round differently in float32 (~1e-7 relative)
+    assert_cov_close(torch.from_numpy(_covs(t2)["train-covariance-matrix_Module-0-Linear"]), _np_cov(rows), 1e-5)
+    t.close()
+    t2.close()
