@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-delve = pytest.importorskip("delve", reason="delve==0.1.50 is not installed (pip install delve_fast[test])")
+delve = pytest.importorskip("delve", reason="delve==0.1.50 is not installed (pip install delve_fast[delve])")
 if getattr(delve, "__version__", None) != "0.1.50":  # pragma: no cover - environment check
     pytest.skip(f"compatibility is defined against delve 0.1.50, found {delve.__version__}", allow_module_level=True)
 

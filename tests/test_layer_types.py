@@ -319,7 +319,7 @@ def test_custom_view_returning_none_skips_and_unregister_restores(tmp_path, regi
 
 # --------------------------------------------------------- parity with delve
 def test_delves_columns_and_values_are_unchanged_by_the_new_types(tmp_path):
-    delve = pytest.importorskip("delve", reason="delve==0.1.50 is not installed")
+    delve = pytest.importorskip("delve", reason="delve==0.1.50 is not installed (pip install delve_fast[delve])")
     import pandas as pd
 
     torch.manual_seed(9)
@@ -359,6 +359,7 @@ def test_delves_columns_and_values_are_unchanged_by_the_new_types(tmp_path):
         np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9, err_msg=col)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_nested_tensors_contribute_their_real_tokens(tmp_path):
     torch.manual_seed(10)
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), num_layers=1)
