@@ -90,7 +90,7 @@ class SaturationTracker:
     ignore_layer_names : list of str, default []
         Layer names not to track.
     include_conv : bool, default True
-        Set to False to track only linear (and LSTM) layers.
+        Set to False to leave out every conv and transposed conv layer.
     conv_method : str, default 'channelwise'
         Conv output ``(N, C, H, W)`` as samples: ``channelwise`` (``N*H*W`` of ``C``),
         ``mean``, ``max``, ``median`` (global pooling, ``N`` of ``C``) or
