@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import torch
+
 from delve_fast import stats as S
 from delve_fast import views
 from delve_fast.covariance import TorchCovarianceMatrix
+from delve_fast.masking import WeightedMoments
 
 __all__ = ["LayerRecorder", "Pending"]
 
@@ -55,6 +58,8 @@ class LayerRecorder:
         self.forward_counts: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
         # (mode, layer) -> feature order of a conv 'flatten' state (see views.flatten_view).
         self.flatten_orders: dict[tuple[str, str], views.FlattenOrder] = {}
+        # (mode, layer) -> token-masked samples not yet merged into the state (see delve_fast.masking).
+        self.masked: dict[tuple[str, str], WeightedMoments] = {}
 
     def admit(self, mode: str, name: str) -> tuple[bool, int | None]:
         """Count one forward pass; say whether to record it and how many rows fit.
@@ -79,8 +84,13 @@ class LayerRecorder:
         """The feature order a ``flatten`` state of this layer started with, if any."""
         return self.flatten_orders.get((mode, name))
 
-    def fold(self, mode: str, name: str, batch: views.Batch) -> None:
-        """Fold a viewed batch into the layer's state, creating the state on first use."""
+    def fold(self, mode: str, name: str, batch: views.Batch, keep: torch.Tensor | None = None) -> None:
+        """Fold a viewed batch into the layer's state, creating the state on first use.
+
+        With ``keep`` (``(N, S)`` bool, from a token mask) only the kept
+        samples count; they gather on the device and join the state in
+        :meth:`flush`.
+        """
         if batch.flatten_order is not None:
             self.flatten_orders.setdefault((mode, name), batch.flatten_order)
         seen = self.seen_samples[mode]
@@ -89,10 +99,24 @@ class LayerRecorder:
         state = states.get(name)
         if state is None:
             state = states[name] = self._make_state(mode)
-        state.update_view(batch.view)
+        if keep is None:
+            state.update_view(batch.view)
+            return
+        moments = self.masked.get((mode, name))
+        if moments is None:
+            moments = self.masked[(mode, name)] = WeightedMoments(state.device)
+        moments.update(batch.view, keep)
+        if state.save_data:  # the embed store takes kept tokens by boolean selection (one sync)
+            state._store_samples(batch.view.transpose(1, 2)[keep].unsqueeze(-1))
+
+    def flush(self) -> None:
+        """Merge the token-masked samples gathered so far into their states."""
+        for (mode, name), moments in self.masked.items():
+            moments.merge_into(self.logs[f"{mode}-{_COV}"][name].state)
 
     def pending(self, layer_names: Iterable[str]) -> list[Pending]:
         """Every layer and mode with samples, modes first, then in ``layer_names`` order."""
+        self.flush()
         names = list(layer_names)
         return [
             (mode, name, state)

@@ -15,11 +15,18 @@ import torch
 
 from delve_fast import ops
 from delve_fast import stats as S
+from delve_fast.metrics import compute_intrinsic_dimensionality, compute_saturation
 
 if TYPE_CHECKING:  # imported on first use: `import delve_fast` should not pay for pandas
     import pandas as pd
 
-__all__ = ["reconstruct_csv_from_npy_data", "RECOMPUTABLE_STATS"]
+__all__ = [
+    "reconstruct_csv_from_npy_data",
+    "RECOMPUTABLE_STATS",
+    # delve.tools imports these two; kept at the same path.
+    "compute_intrinsic_dimensionality",
+    "compute_saturation",
+]
 
 #: Stats that can be recomputed from a stored covariance matrix.
 RECOMPUTABLE_STATS: tuple[str, ...] = ("lsat", "idim", "trc", "dtrc", "det", "logdet")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from delve_fast import layers as L
-from delve_fast import ops, views
+from delve_fast import masking, ops, views
 from delve_fast import stats as S
 from delve_fast import validation as V
 from delve_fast._loader import check_backend
@@ -43,8 +44,11 @@ def _identity_filter(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
 class SaturationTracker:
     """Record layer saturation, intrinsic dimensionality and other statistics.
 
-    Hooks every supported layer of ``modules`` (``nn.Linear``, ``nn.Conv2d``
-    and ``nn.LSTM``, subclasses included). Each forward pass folds the layer's
+    Hooks every supported layer of ``modules``: delve's ``nn.Linear``,
+    ``nn.Conv2d`` and ``nn.LSTM``, and also ``nn.Conv1d``/``nn.Conv3d``, the
+    ``nn.ConvTranspose`` layers, ``nn.GRU``, ``nn.RNN`` and
+    ``nn.MultiheadAttention`` (subclasses included; see ``layer_types`` and
+    :meth:`register_layer_type`). Each forward pass folds the layer's
     output into a float64 covariance matrix, kept separately for ``train``
     and ``eval`` mode (from ``module.training``). The covariance accumulates
     over every recorded batch until :meth:`add_saturations`, which computes the
@@ -86,7 +90,7 @@ class SaturationTracker:
     ignore_layer_names : list of str, default []
         Layer names not to track.
     include_conv : bool, default True
-        Set to False to track only linear (and LSTM) layers.
+        Set to False to leave out every conv and transposed conv layer.
     conv_method : str, default 'channelwise'
         Conv output ``(N, C, H, W)`` as samples: ``channelwise`` (``N*H*W`` of ``C``),
         ``mean``, ``max``, ``median`` (global pooling, ``N`` of ``C``) or
@@ -120,6 +124,10 @@ class SaturationTracker:
     precision : {"double", "mixed"}, default "double"
         Keyword only. ``"mixed"``: float32 tile products on nearly centred data,
         accumulated in float64; faster, error bound in ``docs/precision.md``.
+    layer_types : "all", "delve" or list of types, default "all"
+        Keyword only. Which registered layer types to track: all of them,
+        delve's three (``nn.Linear``, ``nn.Conv2d``, ``nn.LSTM``), or the
+        listed types (and their subclasses). See ``docs/layers.md``.
 
     Examples
     --------
@@ -158,6 +166,7 @@ class SaturationTracker:
         max_saved_samples: int = DEFAULT_MAX_SAVED_SAMPLES,
         idim_rule: str = "delve",
         precision: str = "double",
+        layer_types: str | Sequence[type[nn.Module]] = "all",
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
@@ -182,8 +191,12 @@ class SaturationTracker:
             self.conv_method, self.timeseries_method, self.interpolation_strategy, self.interpolation_downsampling
         )
 
-        found = L.find_layers(modules, include_conv=self.include_conv)
-        self.layers: dict[str, nn.Module] = L.select_layers(found, layer_filter, self.ignore_layer_names)
+        self._layer_types = L.resolve_layer_types(layer_types)
+        self._token_mask: torch.Tensor | None = None
+        found = L.find_layers(modules, include_conv=self.include_conv, types=self._layer_types)
+        self.layers: dict[str, nn.Module] = L.select_layers(
+            found, layer_filter, self.ignore_layer_names, self.include_conv, self._layer_types
+        )
         if not self.layers:
             warnings.warn(
                 f"SaturationTracker found no layer to track (supported: {L.supported_types_text()})",
@@ -205,7 +218,9 @@ class SaturationTracker:
         self.record = True
         self.epoch = self.initial_epoch
         for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_kind(layer))))
+            self._hooks.append(
+                layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types)))
+            )
             log.info("added layer %s", name)
         if self.initial_epoch != 0:
             self.writer.resume_from_saved_state(self.initial_epoch)
@@ -219,8 +234,8 @@ class SaturationTracker:
             max_saved_samples=self.max_saved_samples,
         )
 
-    def _make_hook(self, name: str, kind: str) -> Callable[..., None]:
-        view_fn, recorder = views.VIEWS[kind], self._recorder
+    def _make_hook(self, name: str, view_fn: views.ViewFn) -> Callable[..., None]:
+        recorder = self._recorder
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self.record:
@@ -231,7 +246,7 @@ class SaturationTracker:
                 return
             batch = view_fn(module, output, self._view_options, room, recorder.flatten_order(mode, name))
             if batch is not None:
-                recorder.fold(mode, name, batch)
+                recorder.fold(mode, name, batch, masking.mask_weight(batch.view, self._token_mask))
 
         # Under torch.compile the hook runs eagerly: tracing its Python
         # bookkeeping would only force a recompile on every counter change.
@@ -273,6 +288,93 @@ class SaturationTracker:
     def resume(self) -> None:
         """Resume recording after :meth:`stop`."""
         self.record = True
+
+    # ----------------------------------------------------- layer types, masks
+    @staticmethod
+    def register_layer_type(
+        module_type: type[nn.Module],
+        to_view: str | Callable[[nn.Module, Any], torch.Tensor | None],
+        *,
+        is_conv: bool = False,
+        whole: bool | None = None,
+    ) -> None:
+        """Track ``module_type`` (and subclasses) in trackers built from now on.
+
+        Parameters
+        ----------
+        module_type : type
+            An ``nn.Module`` subclass.
+        to_view : callable or str
+            ``to_view(module, output)`` returns the output as an ``(N, C, S)``
+            tensor (``N * S`` samples of ``C`` features; ``(N, C)`` also
+            works) or None to skip; or the name of a built-in view
+            (``linear``, ``conv``, ``lstm``, ``attention``).
+        is_conv : bool, default False
+            Leave the type out when ``include_conv=False``.
+        whole : bool, optional
+            Track the module itself even if it has children (default for a
+            function) instead of searching its children.
+
+        Examples
+        --------
+        >>> class Mixer(nn.Module):  # doctest: +SKIP
+        ...     def forward(self, x):  # x: (B, T, E)
+        ...         return self.mlp(x)
+        >>> SaturationTracker.register_layer_type(Mixer, lambda m, out: out.transpose(1, 2))  # doctest: +SKIP
+        """
+        L.register_layer_type(module_type, to_view, is_conv=is_conv, whole=whole)
+
+    def set_token_mask(self, mask: torch.Tensor | None) -> None:
+        """Record only the tokens ``mask`` keeps in the following forward passes (None: all).
+
+        Parameters
+        ----------
+        mask : torch.Tensor or None
+            ``(B, T)``, True or non-zero = a real token (a Hugging Face
+            ``attention_mask``). It applies to every layer whose output has
+            one sample per token (``S == T``: Linear or attention outputs on
+            tokens, recurrent outputs with ``timestepwise``); other layers are
+            recorded as usual. No host synchronisation (see :mod:`delve_fast.masking`).
+        """
+        self._token_mask = None if mask is None else masking.check_token_mask(mask)
+
+    @contextmanager
+    def token_mask(self, mask: torch.Tensor) -> Iterator[SaturationTracker]:
+        """Context manager form of :meth:`set_token_mask`; the mask is lifted on exit.
+
+        Examples
+        --------
+        >>> with tracker.token_mask(batch["attention_mask"]):  # doctest: +SKIP
+        ...     model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        """
+        previous = self._token_mask
+        self.set_token_mask(mask)
+        try:
+            yield self
+        finally:
+            self._token_mask = previous
+
+    # delve's layer discovery methods, kept for code that calls them.
+    def get_layers_recursive(self, modules: nn.Module | Sequence[nn.Module]) -> dict[str, nn.Module]:
+        """The tracked layers of ``modules`` with delve's names (as the constructor finds them)."""
+        return L.find_layers(modules, include_conv=self.include_conv, types=self._layer_types)
+
+    def get_layer_from_submodule(
+        self, submodule: nn.Module, layers: dict[str, nn.Module], name_prefix: str = ""
+    ) -> dict[str, nn.Module]:
+        """Add the tracked layers under ``submodule`` to ``layers``, names starting with ``name_prefix``."""
+        return L.collect_layers(submodule, name_prefix, layers, None, self.include_conv, self._layer_types)
+
+    def register_forward_hooks(self, layer: nn.Module, stats: Sequence[str] | None = None) -> None:
+        """Start tracking ``layer`` too (named ``Module-<i>-<TypeName>``); a tracked layer is left as is.
+
+        ``stats`` is accepted for delve's signature; the tracker's ``stats`` apply.
+        """
+        if any(layer is known for known in self.layers.values()):
+            return
+        name = f"Module-{len(self.layers)}-{type(layer).__name__}"
+        self.layers[name] = layer
+        self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types))))
 
     def save(self) -> None:
         """Ask every writer to persist what it holds."""

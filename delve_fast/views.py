@@ -1,6 +1,7 @@
 """Turn a layer's output into an ``(N, C, S)`` batch: ``N * S`` samples of ``C`` features.
 
-One pure function per kind of layer (``linear``, ``conv``, ``lstm``), listed
+One pure function per kind of layer (``linear``, ``conv``, ``lstm`` for every
+recurrent layer, ``attention``), listed
 in :data:`VIEWS`. They use only views, slices and the documented reductions
 (pooling, interpolation): nothing is synchronised with a GPU or copied to the
 host, so they are safe inside a forward hook. Each returns a :class:`Batch`,
@@ -30,6 +31,9 @@ __all__ = [
     "conv_view",
     "flatten_view",
     "lstm_view",
+    "token_view",
+    "custom_view",
+    "ViewFn",
     "covariance_in_chw_order",
     "VIEWS",
 ]
@@ -166,40 +170,102 @@ def flatten_view(y: torch.Tensor, order: FlattenOrder | None = None) -> tuple[to
     return y.reshape(n, -1, 1), order
 
 
+#: Interpolation modes that exist only for 2-D maps, and their 1-D / 3-D counterparts.
+_MODE_FOR_RANK: dict[int, dict[str, str]] = {
+    1: {"bilinear": "linear", "bicubic": "linear"},
+    3: {"bilinear": "trilinear", "bicubic": "trilinear"},
+}
+
+
+def _downsample(y: torch.Tensor, options: ViewOptions, spatial_dims: int) -> torch.Tensor:
+    size = options.interpolation_downsampling
+    if options.interpolation_strategy is None or all(d <= size for d in y.shape[2:]):
+        return y
+    mode = _MODE_FOR_RANK.get(spatial_dims, {}).get(options.interpolation_strategy, options.interpolation_strategy)
+    return interpolate(y, size=size, mode=mode)
+
+
 def conv_view(
     y: torch.Tensor,
     options: ViewOptions = ViewOptions(),  # noqa: B008 - immutable
     room: int | None = None,
     flatten_order: FlattenOrder | None = None,
+    spatial_dims: int = 2,
 ) -> Batch:
-    """View a Conv2d output ``(N, C, H, W)`` (or unbatched ``(C, H, W)``) by ``options.conv_method``.
+    """View a conv output ``(N, C, *spatial)`` (or unbatched ``(C, *spatial)``) by ``options.conv_method``.
 
-    ``channelwise`` gives ``N*H*W`` samples of ``C``; ``mean``, ``max`` and
-    ``median`` pool globally (``N`` samples of ``C``); ``flatten`` gives ``N``
-    samples of ``C*H*W`` (see :func:`flatten_view`). Maps larger than
+    ``channelwise`` gives one sample of ``C`` per position and batch entry
+    (``N*H*W`` for a 2-D map, ``N*L`` for 1-D, ``N*D*H*W`` for 3-D); ``mean``,
+    ``max`` and ``median`` pool over all positions (``N`` samples of ``C``);
+    ``flatten`` gives ``N`` samples of ``C`` times the positions (see
+    :func:`flatten_view`). Maps with a side larger than
     ``options.interpolation_downsampling`` are first resized when
-    ``options.interpolation_strategy`` is set.
+    ``options.interpolation_strategy`` is set (``bilinear`` and ``bicubic``
+    become ``linear`` for 1-D and ``trilinear`` for 3-D maps).
+
+    Parameters
+    ----------
+    spatial_dims : int, default 2
+        1, 2 or 3: the layer's spatial rank (``len(module.kernel_size)``),
+        which tells an unbatched map from a batched one.
     """
-    if y.dim() == 3:
+    if y.dim() == spatial_dims + 1:
         y = y.unsqueeze(0)
+    if y.dim() != spatial_dims + 2:
+        raise ValueError(
+            f"a {spatial_dims}-D conv output must have rank {spatial_dims + 1} or {spatial_dims + 2}, "
+            f"got shape {tuple(y.shape)}"
+        )
     y = _first_rows(y, room)
     rows = int(y.shape[0])
-    size = options.interpolation_downsampling
-    if options.interpolation_strategy is not None and (y.shape[2] > size or y.shape[3] > size):
-        y = interpolate(y, size=size, mode=options.interpolation_strategy)
+    y = _downsample(y, options, spatial_dims)
+    positions = tuple(range(2, y.dim()))
     method = options.conv_method
     if method == "channelwise":
-        return Batch(as_channel_view(y), rows)
+        return Batch(y.flatten(2) if spatial_dims != 1 else y, rows)
     if method == "mean":
-        return Batch(y.mean(dim=(2, 3)).unsqueeze(-1), rows)
+        return Batch(y.mean(dim=positions).unsqueeze(-1), rows)
     if method == "max":
-        return Batch(y.amax(dim=(2, 3)).unsqueeze(-1), rows)
+        return Batch(y.amax(dim=positions).unsqueeze(-1), rows)
     if method == "median":
         return Batch(y.flatten(2).median(dim=2).values.unsqueeze(-1), rows)
     if method == "flatten":
-        view, order = flatten_view(y, flatten_order)
-        return Batch(view, rows, order)
+        if spatial_dims == 2:
+            view, order = flatten_view(y, flatten_order)
+            return Batch(view, rows, order)
+        order = flatten_order or ("chw", tuple(int(d) for d in y.shape[1:]))
+        return Batch(y.reshape(rows, -1, 1), rows, order)
     raise ValueError(f"conv_method={method!r} is not supported; choose one of {', '.join(map(repr, CONV_METHODS))}")
+
+
+def token_view(y: torch.Tensor, batch_first: bool = True, room: int | None = None) -> Batch:
+    """View token outputs ``(B, T, E)`` (or ``(T, B, E)``, or unbatched ``(T, E)``) as ``(B, E, T)``.
+
+    Every token of every sequence is a sample of ``E`` features; ``B`` rows
+    count towards ``max_samples``. A nested tensor (variable-length
+    sequences) gives its real tokens only, as ``(sum T_i, E, 1)``.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        The detached output.
+    batch_first : bool, default True
+        Whether ``y`` is ``(B, T, E)``; else ``(T, B, E)``.
+    room : int, optional
+        Keep only the first ``room`` sequences.
+    """
+    if y.is_nested:
+        seqs = y.unbind()
+        seqs = seqs[:room] if room is not None else seqs
+        return Batch(torch.cat(list(seqs), dim=0).unsqueeze(-1), len(seqs))
+    if y.dim() == 2:
+        y, batch_first = y.unsqueeze(0), True
+    if y.dim() != 3:
+        raise ValueError(f"expected token outputs (B, T, E), (T, B, E) or (T, E), got shape {tuple(y.shape)}")
+    if not batch_first:
+        y = y.transpose(0, 1)
+    y = _first_rows(y, room)
+    return Batch(y.transpose(1, 2), int(y.shape[0]))
 
 
 def lstm_view(
@@ -208,7 +274,7 @@ def lstm_view(
     timeseries_method: str = "last_timestep",
     room: int | None = None,
 ) -> Batch:
-    """View an LSTM output ``(T, B, U)``, ``(B, T, U)``, unbatched ``(T, U)`` or packed.
+    """View a recurrent output (LSTM, GRU, RNN) ``(T, B, U)``, ``(B, T, U)``, unbatched ``(T, U)`` or packed.
 
     ``last_timestep`` gives ``B`` samples (each sequence's last step; for a
     packed batch, the last step within its length); ``timestepwise`` gives
@@ -246,9 +312,13 @@ def covariance_in_chw_order(cov: torch.Tensor, order: FlattenOrder | None) -> to
 
 
 # ------------------------------------------------- module-level adapters
+#: ``fn(module, output, options, room, flatten_order) -> Batch | None``: what the tracker's hook calls.
+ViewFn = Callable[[nn.Module, Any, ViewOptions, "int | None", "FlattenOrder | None"], "Batch | None"]
+
+
 def _tensor_output(output: Any) -> torch.Tensor | None:
     if isinstance(output, (tuple, list)):
-        output = output[0]
+        output = output[0] if output else None
     return output.detach() if isinstance(output, torch.Tensor) else None
 
 
@@ -256,14 +326,18 @@ def _linear(
     module: nn.Module, output: Any, options: ViewOptions, room: int | None, order: FlattenOrder | None
 ) -> Batch | None:
     y = _tensor_output(output)
-    return None if y is None else linear_view(y, room)
+    if y is None:
+        return None
+    return token_view(y, True, room) if y.is_nested else linear_view(y, room)
 
 
 def _conv(
     module: nn.Module, output: Any, options: ViewOptions, room: int | None, order: FlattenOrder | None
 ) -> Batch | None:
     y = _tensor_output(output)
-    return None if y is None else conv_view(y, options, room, order)
+    if y is None:
+        return None
+    return conv_view(y, options, room, order, spatial_dims=len(getattr(module, "kernel_size", (0, 0))))
 
 
 def _lstm(
@@ -276,9 +350,50 @@ def _lstm(
     return lstm_view(out, batch_first, options.timeseries_method, room)
 
 
+def _attention(
+    module: nn.Module, output: Any, options: ViewOptions, room: int | None, order: FlattenOrder | None
+) -> Batch | None:
+    # MultiheadAttention returns (attn_output, attn_weights); the weights are not features.
+    y = _tensor_output(output)
+    if y is None:
+        return None
+    return token_view(y, bool(getattr(module, "batch_first", False)), room)
+
+
+def custom_view(to_view: Callable[[nn.Module, Any], torch.Tensor | None]) -> ViewFn:
+    """Wrap a user's ``to_view(module, output) -> (N, C, S)`` as a tracker view function.
+
+    The returned tensor may also be ``(N, C)`` (one sample per row) or
+    ``(C,)``; ``None`` skips the pass. ``max_samples`` keeps the first rows of
+    dim 0, which also count the rows recorded.
+    """
+
+    def view(
+        module: nn.Module, output: Any, options: ViewOptions, room: int | None, order: FlattenOrder | None
+    ) -> Batch | None:
+        y = to_view(module, output)
+        if y is None:
+            return None
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(
+                f"to_view for {type(module).__name__} must return a tensor (N, C, S) or None, got {type(y).__name__}"
+            )
+        if y.dim() not in (1, 2, 3):
+            raise ValueError(
+                f"to_view for {type(module).__name__} returned shape {tuple(y.shape)}; expected (N, C, S), (N, C) "
+                "or (C,)"
+            )
+        y = _first_rows(as_channel_view(y.detach()), room)
+        return Batch(y, int(y.shape[0]))
+
+    view.__name__ = f"custom_view({getattr(to_view, '__name__', 'to_view')})"
+    return view
+
+
 #: View kind (see :mod:`delve_fast.layers`) -> ``fn(module, output, options, room, flatten_order)``.
-VIEWS: dict[str, Callable[[nn.Module, Any, ViewOptions, int | None, FlattenOrder | None], Batch | None]] = {
+VIEWS: dict[str, ViewFn] = {
     "linear": _linear,
     "conv": _conv,
     "lstm": _lstm,
+    "attention": _attention,
 }

@@ -20,29 +20,42 @@ class MyLinear(nn.Linear):
     pass
 
 
-def test_default_registry_is_delves_set():
-    assert {cls: spec.kind for cls, spec in L.registered_layer_types().items()} == {
+def test_default_registry_starts_with_delves_set_then_the_new_types():
+    kinds = {cls: spec.kind for cls, spec in L.registered_layer_types().items()}
+    assert list(kinds)[:3] == [nn.Linear, nn.Conv2d, nn.LSTM]  # delve's three, in delve's order
+    assert kinds == {
         nn.Linear: "linear",
         nn.Conv2d: "conv",
         nn.LSTM: "lstm",
+        nn.Conv1d: "conv",
+        nn.Conv3d: "conv",
+        nn.ConvTranspose1d: "conv",
+        nn.ConvTranspose2d: "conv",
+        nn.ConvTranspose3d: "conv",
+        nn.GRU: "lstm",
+        nn.RNN: "lstm",
+        nn.MultiheadAttention: "attention",
     }
-    assert L.supported_types_text() == "nn.Linear, nn.Conv2d, nn.LSTM"
+    assert L.supported_types_text().startswith("nn.Linear, nn.Conv2d, nn.LSTM, nn.Conv1d")
 
 
 @pytest.mark.parametrize(
-    ("module", "kind"),
+    ("module", "kind", "delve_kind"),
     [
-        (nn.Linear(2, 2), "linear"),
-        (MyLinear(2, 2), "linear"),  # subclasses are tracked
-        (nn.Conv2d(1, 1, 1), "conv"),
-        (nn.LSTM(2, 2), "lstm"),
-        (nn.Conv1d(1, 1, 1), None),  # not in the default set
-        (nn.GRU(2, 2), None),
-        (nn.ReLU(), None),
+        (nn.Linear(2, 2), "linear", "linear"),
+        (MyLinear(2, 2), "linear", "linear"),  # subclasses are tracked
+        (nn.Conv2d(1, 1, 1), "conv", "conv"),
+        (nn.LSTM(2, 2), "lstm", "lstm"),
+        (nn.Conv1d(1, 1, 1), "conv", None),  # not in delve's set
+        (nn.ConvTranspose2d(1, 1, 1), "conv", None),
+        (nn.GRU(2, 2), "lstm", None),
+        (nn.MultiheadAttention(4, 2), "attention", None),
+        (nn.ReLU(), None, None),
     ],
 )
-def test_layer_kind(module, kind):
+def test_layer_kind(module, kind, delve_kind):
     assert L.layer_kind(module) == kind
+    assert L.layer_kind(module, types=L.resolve_layer_types("delve")) == delve_kind
 
 
 def test_include_conv_false_drops_conv_only():
@@ -97,12 +110,12 @@ def test_select_layers_filters_and_ignores():
 
 
 def test_registering_a_type_is_one_entry():
-    assert L.layer_kind(nn.Conv1d(1, 1, 1)) is None
+    assert L.layer_kind(nn.Bilinear(1, 1, 1)) is None
     saved = dict(L._REGISTRY)
     try:
-        L.register_layer_type(nn.Conv1d, "linear")
-        assert L.layer_kind(nn.Conv1d(1, 1, 1)) == "linear"
-        assert list(L.find_layers(nn.Sequential(nn.Conv1d(1, 1, 1)))) == ["0"]
+        L.register_layer_type(nn.Bilinear, "linear")
+        assert L.layer_kind(nn.Bilinear(1, 1, 1)) == "linear"
+        assert list(L.find_layers(nn.Sequential(nn.Bilinear(1, 1, 1)))) == ["0"]
     finally:
         L._REGISTRY.clear()
         L._REGISTRY.update(saved)

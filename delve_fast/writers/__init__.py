@@ -19,6 +19,12 @@ from delve_fast.stats import STATMAP
 from delve_fast.writers.base import AbstractWriter, CompositWriter
 from delve_fast.writers.csv_writer import CSVWriter
 from delve_fast.writers.npy_writer import NPYWriter
+from delve_fast.writers.plotting import (
+    extract_layer_stat,
+    plot_scatter_from_results,
+    plot_stat,
+    plot_stat_level_from_results,
+)
 from delve_fast.writers.plotting_writer import CSVandPlottingWriter
 from delve_fast.writers.print_writer import PrintWriter
 from delve_fast.writers.tensorboard_writer import TensorBoardWriter
@@ -34,6 +40,10 @@ __all__ = [
     "CSVandPlottingWriter",
     "WRITERS",
     "STATMAP",
+    "extract_layer_stat",
+    "plot_stat",
+    "plot_stat_level_from_results",
+    "plot_scatter_from_results",
 ]
 
 #: String keys accepted by ``save_to``, as in delve.
