@@ -8,6 +8,9 @@ layer type is one :func:`register_layer_type` call.
 
 Names follow delve: the ``_modules`` keys from the model down to the layer
 joined with ``-``; a layer given directly in a list is ``Module-<i>-<TypeName>``.
+Wrappers that add a level without adding a layer (``DistributedDataParallel``,
+``DataParallel``, ``torch.compile``'s ``OptimizedModule``) are looked through,
+so a wrapped model gets the names of the plain one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "find_layers",
     "select_layers",
     "supported_types_text",
+    "unwrap",
 ]
 
 log = logging.getLogger("delve_fast")
@@ -115,8 +119,26 @@ def supported_types_text() -> str:
     return ", ".join(names)
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside any ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers.
+
+    Each wrapper holds the model as a child (``module`` or ``_orig_mod``), which
+    would otherwise add ``module-`` or ``_orig_mod-`` to every layer name.
+    ``torch.compile``'s wrapper is recognised by its type name, so naming a
+    layer never imports the compiler stack.
+    """
+    while True:
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
 def _walk(module: nn.Module, prefix: str, out: dict[str, nn.Module], seen: set[int], include_conv: bool) -> None:
     """Collect the tracked leaves under ``module``; a module reached twice is kept once."""
+    module = unwrap(module)
     children = [(k, m) for k, m in module._modules.items() if m is not None]
     if children:
         for key, child in children:
@@ -157,6 +179,7 @@ def find_layers(modules: nn.Module | Sequence[nn.Module], include_conv: bool = T
     layers: dict[str, nn.Module] = {}
     seen: set[int] = set()
     if isinstance(modules, nn.Module):
+        modules = unwrap(modules)
         if not _is_single_layer(modules):
             _walk(modules, "", layers, seen, include_conv)
             return layers
@@ -166,6 +189,7 @@ def find_layers(modules: nn.Module | Sequence[nn.Module], include_conv: bool = T
     for i, module in enumerate(modules):
         if not isinstance(module, nn.Module):
             raise TypeError(f"modules[{i}] is a {type(module).__name__}, not an nn.Module")
+        module = unwrap(module)
         if _is_single_layer(module):
             _walk(module, f"Module-{i}-{type(module).__name__}", layers, seen, include_conv)
             continue

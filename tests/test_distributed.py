@@ -1,0 +1,309 @@
+"""Distributed merging: the pure message phases in one process, and DDP training on 2 and 3 gloo processes.
+
+The phase tests simulate W ranks by reducing their buffers by hand (sum or
+max), exactly what the collective does, and compare the merged state with
+NumPy's covariance of all samples. The spawned tests train a small
+Conv2d + Linear model under ``DistributedDataParallel`` and compare rank 0's
+CSV with a single-process tracker that saw every shard.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from delve_fast import distributed as D
+from delve_fast.layers import find_layers
+from delve_fast.state import CovarianceState
+from delve_fast.testing import assert_cov_close, np_mean_cov
+from delve_fast.testing_distributed import DistributedRunError, run_on_gloo
+from delve_fast.tracker import SaturationTracker
+
+
+# ------------------------------------------------------------ simulation
+def _simulate(per_rank: list[list[CovarianceState | None]], keys: list[str]) -> list[CovarianceState]:
+    """Run the message phases of W ranks, reducing each buffer as the collective would."""
+
+    def reduce(buffers: list[torch.Tensor], op: str) -> torch.Tensor:
+        stacked = torch.stack(buffers)
+        return stacked.amax(0) if op == "max" else stacked.sum(0)
+
+    D.check_header(reduce([D.header_message(keys) for _ in per_rank], "max"), len(keys))
+    widths = D.widths_from(reduce([D.width_message(s) for s in per_rank], "max"), keys)
+    counts, means = D.moments_from(reduce([D.moment_message(s, widths) for s in per_rank], "sum"), widths)
+    centred = reduce([D.centred_message(s, counts, means) for s in per_rank], "sum")
+    return D.merged_from(centred, counts, means)
+
+
+def _state_of(x: np.ndarray) -> CovarianceState:
+    state = CovarianceState()
+    state.update(torch.from_numpy(x))
+    return state
+
+
+def test_merge_is_exact_for_ranks_with_far_apart_means():
+    # Means 1e6 apart with unit spread: a merge of uncentred sums (sum x x^T)
+    # would keep about 16 - 12 = 4 digits of the covariance; re-centring
+    # keeps the float64 rounding of the data itself.
+    gen = np.random.default_rng(0)
+    shards = [gen.normal(size=(n, 5)) + 1e6 * r for r, n in enumerate((40, 7, 23))]
+    merged = _simulate([[_state_of(x)] for x in shards], ["train-a"])[0]
+    mean, cov = np_mean_cov(np.concatenate(shards))
+    assert merged.count == 70
+    # NumPy's two-pass covariance and ours both carry a few float64 roundings of
+    # values ~1e12 (the between-rank term) that cancel to ~1e12 too: 1e-12 of the
+    # largest variance leaves room for ~1e4 roundings of eps = 2.2e-16.
+    assert_cov_close(merged.covariance(), cov, rtol=1e-12)
+    np.testing.assert_allclose(merged.mean.numpy(), mean, rtol=1e-14)
+    torch.testing.assert_close(merged.m2, merged.m2.T, rtol=0, atol=0)  # exactly symmetric
+
+
+def test_ranks_without_data_take_part_and_contribute_nothing():
+    gen = np.random.default_rng(1)
+    x0, x2 = gen.normal(size=(30, 3)) + 4, gen.normal(size=(12, 3)) - 4
+    y1 = gen.normal(size=(9, 6))
+    keys = ["train-conv", "train-fc", "eval-conv"]
+    per_rank = [
+        [_state_of(x0), None, None],
+        [None, _state_of(y1), CovarianceState()],  # an empty (reset) state is no data too
+        [_state_of(x2), None, None],
+    ]
+    conv, fc, empty = _simulate(per_rank, keys)
+    assert_cov_close(conv.covariance(), np_mean_cov(np.concatenate([x0, x2]))[1], rtol=1e-13)
+    assert_cov_close(fc.covariance(), np_mean_cov(y1)[1], rtol=1e-13)
+    assert fc.count == 9 and empty.count == 0 and empty.is_empty
+
+
+def test_different_widths_for_one_layer_fail_on_every_rank():
+    per_rank = [[_state_of(np.ones((4, 3)))], [_state_of(np.ones((4, 5)))]]
+    with pytest.raises(ValueError, match=r"train-x: the ranks recorded different feature counts \(from 3 to 5\)"):
+        _simulate(per_rank, ["train-x"])
+
+
+def test_different_layer_lists_are_detected_before_any_buffer_of_their_size():
+    reduced = torch.stack([D.header_message(["train-a", "eval-a"]), D.header_message(["train-b", "eval-b"])]).amax(0)
+    with pytest.raises(RuntimeError, match="the ranks track different layers"):
+        D.check_header(reduced, 2)
+    D.check_header(torch.stack([D.header_message(["a"])] * 3).amax(0), 1)  # agreement passes
+
+
+def test_checkpointed_rank_states_merge_like_the_live_ones(tmp_path):
+    # A checkpoint holds the rank's own state: restoring every rank's state and
+    # merging gives what merging the live states gives (bit for bit: the same
+    # ops on the same values).
+    gen = np.random.default_rng(2)
+    live = [_state_of(gen.normal(size=(20, 4)) * (r + 1) + r) for r in range(3)]
+    for r, state in enumerate(live):
+        torch.save(state.state_dict(), tmp_path / f"rank{r}.pt")
+    restored = []
+    for r in range(3):
+        state = CovarianceState()
+        state.load_state_dict(torch.load(tmp_path / f"rank{r}.pt"))
+        restored.append(state)
+    a = _simulate([[s] for s in live], ["train-x"])[0]
+    b = _simulate([[s] for s in restored], ["train-x"])[0]
+    assert a.count == b.count == 60
+    assert torch.equal(a.m2, b.m2) and torch.equal(a.mean, b.mean)
+
+
+def test_canonical_state_puts_a_channels_last_flatten_state_in_chw_order():
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randn(10, 2, 3, 4, generator=gen, dtype=torch.float64)
+    chw = _state_of(y.reshape(10, -1).numpy())
+    hwc = _state_of(y.permute(0, 2, 3, 1).reshape(10, -1).numpy())
+    out = D.canonical_state(hwc, ("hwc", (2, 3, 4)))
+    torch.testing.assert_close(out.m2, chw.m2, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(out.mean, chw.mean, rtol=1e-13, atol=1e-13)
+    assert D.canonical_state(chw, ("chw", (2, 3, 4))) is chw and D.canonical_state(None) is None
+
+
+@pytest.mark.parametrize(
+    ("widths", "world"), [([512, 256, 256, 256, 128, 128, 64, 64, 10], 2), ([8, 8, 8], 3), ([5], 4), ([], 2)]
+)
+def test_eigen_shares_are_balanced_and_deterministic(widths, world):
+    owners = D.assign_shares(widths, world)
+    assert owners == D.assign_shares(list(widths), world)
+    assert all(0 <= o < world for o in owners)
+    loads = [sum(c**3 for c, o in zip(widths, owners, strict=True) if o == r) for r in range(world)]
+    if widths:
+        # Longest-first greedy: no rank carries more than the largest job plus the average.
+        assert max(loads) <= max(c**3 for c in widths) + sum(loads) / world
+    if len(widths) >= world:
+        assert len(set(owners)) == world  # every rank gets work when there is enough
+
+
+def test_resolve_group_without_an_initialised_process_group():
+    assert not torch.distributed.is_initialized()
+    assert D.resolve_group(None) is None and D.resolve_group(False) is None
+    with pytest.raises(RuntimeError, match="distributed=True needs torch.distributed to be initialised"):
+        D.resolve_group(True)
+    with pytest.raises(TypeError, match="distributed must be None .automatic., True, False or a"):
+        D.resolve_group("gloo")
+    assert D.is_main_rank(None)
+
+
+def _small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(4 * 36, 8), nn.ReLU()),
+        nn.Linear(8, 3),
+    ).double()
+
+
+PLAIN_NAMES = ["0", "3-0", "4"]
+
+
+def test_wrapped_models_keep_the_plain_names():
+    model = _small_model()
+    assert list(find_layers(model)) == PLAIN_NAMES
+    assert list(find_layers(nn.DataParallel(model))) == PLAIN_NAMES
+    assert list(find_layers(torch.compile(model))) == PLAIN_NAMES  # compile is lazy: nothing is compiled here
+    assert list(find_layers([torch.compile(nn.DataParallel(model))])) == PLAIN_NAMES
+    outer = nn.Sequential(torch.compile(model))  # a compiled submodule adds no "_orig_mod-" either
+    assert list(find_layers(outer)) == [f"0-{n}" for n in PLAIN_NAMES]
+
+
+# ----------------------------------------------------- the DDP scenario
+STATS = ["lsat", "idim", "trc", "dtrc", "logdet", "det", "cov"]
+EPOCHS, STEPS = 2, 3
+
+
+def _train_batch(rank: int, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``r``'s shard: 8 - r images a step, its inputs shifted by 2 r (different means, different counts)."""
+    gen = torch.Generator().manual_seed(1000 * rank + 10 * epoch + step)
+    n = 8 - rank
+    x = torch.randn(n, 3, 6, 6, generator=gen, dtype=torch.float64) * (1 + rank) + 2.0 * rank
+    return x, torch.randn(n, 3, generator=gen, dtype=torch.float64)
+
+
+def _eval_batches(rank: int) -> int:
+    """Epoch 0: rank 0 has 2 eval batches, rank 1 none, rank 2 one. Epoch 1 has none anywhere."""
+    return {0: 2, 1: 0, 2: 1}[rank]
+
+
+def _eval_batch(rank: int, b: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(50_000 + 100 * rank + b)
+    return torch.randn(5, 3, 6, 6, generator=gen, dtype=torch.float64) - 3.0 * rank
+
+
+def _train(model: nn.Module, tracker: SaturationTracker, shards: list[int], world: int) -> list[dict]:
+    """The job: DDP's loop when ``shards`` is one rank, its single-process equivalent when it is all of them.
+
+    DDP averages the ranks' gradients of their mean losses; the single process
+    takes the gradient of the average of those losses, the same quantity.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = []
+    for epoch in range(EPOCHS):
+        model.train()
+        for step in range(STEPS):
+            opt.zero_grad()
+            losses = [nn.functional.mse_loss(model(x), y) for x, y in (_train_batch(r, epoch, step) for r in shards)]
+            (sum(losses) / (world if len(shards) > 1 else 1)).backward()
+            opt.step()
+        if epoch == 0:
+            model.eval()
+            with torch.no_grad():
+                for r in shards:
+                    for b in range(_eval_batches(r)):
+                        model(_eval_batch(r, b))
+        tracker.add_scalar("lr", 0.05)  # accepted on every rank, written by rank 0 only
+        out.append(tracker.add_saturations())
+    return out
+
+
+def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(_small_model())
+    names = {"ddp": list(find_layers(model))}
+    if world == 2:  # torch.compile is lazy: wrapping compiles nothing, so this costs only its import
+        names["ddp_compile"] = list(find_layers(DDP(torch.compile(_small_model()))))
+        names["compile_ddp"] = list(find_layers(torch.compile(DDP(_small_model()))))
+    savefile = str(Path(out_dir, f"rank{rank}", "run"))
+    with SaturationTracker(
+        savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True
+    ) as tracker:
+        values = _train(model, tracker, [rank], world)
+    Path(out_dir, f"result{rank}.pkl").write_bytes(pickle.dumps({"names": names, "values": values}))
+
+
+def _assert_values_close(actual: dict, expected: dict) -> None:
+    assert list(actual) == list(expected)  # same columns, same order
+    for key, want in expected.items():
+        got = actual[key]
+        if isinstance(want, np.ndarray):
+            assert_cov_close(torch.from_numpy(got), want, rtol=1e-9, msg=key)
+        elif math.isinf(want):
+            assert got == want, key
+        else:
+            assert got == pytest.approx(want, rel=1e-9, abs=0), key
+
+
+def _reference(tmp_path: Path, world: int) -> tuple[list[dict], pd.DataFrame]:
+    model = _small_model()
+    savefile = str(tmp_path / "single" / "run")
+    with SaturationTracker(
+        savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True, distributed=False
+    ) as tracker:
+        values = _train(model, tracker, list(range(world)), world)
+    return values, pd.read_csv(savefile + ".csv", sep=";", index_col=0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_job_reports_the_statistics_of_all_shards(tmp_path, world):
+    run_on_gloo(_ddp_worker, world, str(tmp_path), timeout_s=150)
+    results = [pickle.loads(Path(tmp_path, f"result{r}.pkl").read_bytes()) for r in range(world)]
+    expected_values, expected_csv = _reference(tmp_path, world)
+
+    # Names: DDP (and torch.compile around or inside it) adds no prefix.
+    for res in results:
+        for wrapping, names in res["names"].items():
+            assert names == PLAIN_NAMES, wrapping
+    assert "compile_ddp" in results[0]["names"] or world != 2
+
+    # Rank 0's CSV is the single-process CSV of all shards. Tolerance 1e-9: the two
+    # runs differ only in float64 summation order (per-rank states merged vs one
+    # state; DDP's gradient all-reduce vs one backward), errors ~1e-15 that the
+    # few SGD steps and the eigen solves of these well-conditioned 3..8-wide
+    # covariances (all full rank: more samples than features) amplify by far less than 1e6.
+    csv = pd.read_csv(tmp_path / "rank0" / "run.csv", sep=";", index_col=0)
+    assert list(csv.columns) == list(expected_csv.columns)
+    assert "eval-saturation_0" in csv.columns and "lr" in csv.columns
+    assert csv["eval-saturation_0"].isna().tolist() == [False, True]  # epoch 1 had no eval batch anywhere
+    np.testing.assert_allclose(csv.to_numpy(float), expected_csv.to_numpy(float), rtol=1e-9, atol=0)
+    for epoch in range(EPOCHS):
+        _assert_values_close(results[0]["values"][epoch], expected_values[epoch])
+
+    # Every rank returns the very same dict: the same reduced buffers and the same exchanged values.
+    for res in results[1:]:
+        for mine, rank0 in zip(res["values"], results[0]["values"], strict=True):
+            assert list(mine) == list(rank0)
+            for key in rank0:
+                assert np.array_equal(mine[key], rank0[key]), key
+
+    # Only rank 0 created folders or files.
+    saved = np.load(tmp_path / "rank0" / "run" / "_train-covariance-matrix_4" / "_train-covariance-matrix_4_epoch1.npy")
+    assert np.array_equal(saved, results[0]["values"][1]["train-covariance-matrix_4"])
+    for r in range(1, world):
+        assert not (tmp_path / f"rank{r}").exists()
+
+
+def _hang_worker(rank: int, world: int) -> None:
+    if rank == 0:  # rank 1 never joins the collective
+        SaturationTracker("unused", save_to="csv", modules=nn.Linear(2, 2), device="cpu", nosave=True).add_saturations()
+
+
+def test_a_rank_that_never_calls_add_saturations_fails_instead_of_hanging():
+    with pytest.raises(DistributedRunError, match="rank 0"):
+        run_on_gloo(_hang_worker, 2, timeout_s=90, collective_timeout_s=5)
