@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from ddp_scenario import EPOCHS, PLAIN_NAMES, STATS, ddp_worker, small_model, train  # noqa: E402
 from torch import nn
 
 from delve_fast import distributed as D
@@ -149,93 +150,14 @@ def test_resolve_group_without_an_initialised_process_group():
     assert D.is_main_rank(None)
 
 
-def _small_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Sequential(nn.Linear(4 * 36, 8), nn.ReLU()),
-        nn.Linear(8, 3),
-    ).double()
-
-
-PLAIN_NAMES = ["0", "3-0", "4"]
-
-
 def test_wrapped_models_keep_the_plain_names():
-    model = _small_model()
+    model = small_model()
     assert list(find_layers(model)) == PLAIN_NAMES
     assert list(find_layers(nn.DataParallel(model))) == PLAIN_NAMES
     assert list(find_layers(torch.compile(model))) == PLAIN_NAMES  # compile is lazy: nothing is compiled here
     assert list(find_layers([torch.compile(nn.DataParallel(model))])) == PLAIN_NAMES
     outer = nn.Sequential(torch.compile(model))  # a compiled submodule adds no "_orig_mod-" either
     assert list(find_layers(outer)) == [f"0-{n}" for n in PLAIN_NAMES]
-
-
-# ----------------------------------------------------- the DDP scenario
-STATS = ["lsat", "idim", "trc", "dtrc", "logdet", "det", "cov"]
-EPOCHS, STEPS = 2, 3
-
-
-def _train_batch(rank: int, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank ``r``'s shard: 8 - r images a step, its inputs shifted by 2 r (different means, different counts)."""
-    gen = torch.Generator().manual_seed(1000 * rank + 10 * epoch + step)
-    n = 8 - rank
-    x = torch.randn(n, 3, 6, 6, generator=gen, dtype=torch.float64) * (1 + rank) + 2.0 * rank
-    return x, torch.randn(n, 3, generator=gen, dtype=torch.float64)
-
-
-def _eval_batches(rank: int) -> int:
-    """Epoch 0: rank 0 has 2 eval batches, rank 1 none, rank 2 one. Epoch 1 has none anywhere."""
-    return {0: 2, 1: 0, 2: 1}[rank]
-
-
-def _eval_batch(rank: int, b: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(50_000 + 100 * rank + b)
-    return torch.randn(5, 3, 6, 6, generator=gen, dtype=torch.float64) - 3.0 * rank
-
-
-def _train(model: nn.Module, tracker: SaturationTracker, shards: list[int], world: int) -> list[dict]:
-    """The job: DDP's loop when ``shards`` is one rank, its single-process equivalent when it is all of them.
-
-    DDP averages the ranks' gradients of their mean losses; the single process
-    takes the gradient of the average of those losses, the same quantity.
-    """
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    out = []
-    for epoch in range(EPOCHS):
-        model.train()
-        for step in range(STEPS):
-            opt.zero_grad()
-            losses = [nn.functional.mse_loss(model(x), y) for x, y in (_train_batch(r, epoch, step) for r in shards)]
-            (sum(losses) / (world if len(shards) > 1 else 1)).backward()
-            opt.step()
-        if epoch == 0:
-            model.eval()
-            with torch.no_grad():
-                for r in shards:
-                    for b in range(_eval_batches(r)):
-                        model(_eval_batch(r, b))
-        tracker.add_scalar("lr", 0.05)  # accepted on every rank, written by rank 0 only
-        out.append(tracker.add_saturations())
-    return out
-
-
-def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    model = DDP(_small_model())
-    names = {"ddp": list(find_layers(model))}
-    if world == 2:  # torch.compile is lazy: wrapping compiles nothing, so this costs only its import
-        names["ddp_compile"] = list(find_layers(DDP(torch.compile(_small_model()))))
-        names["compile_ddp"] = list(find_layers(torch.compile(DDP(_small_model()))))
-    savefile = str(Path(out_dir, f"rank{rank}", "run"))
-    with SaturationTracker(
-        savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True
-    ) as tracker:
-        values = _train(model, tracker, [rank], world)
-    Path(out_dir, f"result{rank}.pkl").write_bytes(pickle.dumps({"names": names, "values": values}))
 
 
 def _assert_values_close(actual: dict, expected: dict) -> None:
@@ -251,18 +173,18 @@ def _assert_values_close(actual: dict, expected: dict) -> None:
 
 
 def _reference(tmp_path: Path, world: int) -> tuple[list[dict], pd.DataFrame]:
-    model = _small_model()
+    model = small_model()
     savefile = str(tmp_path / "single" / "run")
     with SaturationTracker(
         savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True, distributed=False
     ) as tracker:
-        values = _train(model, tracker, list(range(world)), world)
+        values = train(model, tracker, list(range(world)), world)
     return values, pd.read_csv(savefile + ".csv", sep=";", index_col=0)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_job_reports_the_statistics_of_all_shards(tmp_path, world):
-    run_on_gloo(_ddp_worker, world, str(tmp_path), timeout_s=150)
+    run_on_gloo(ddp_worker, world, str(tmp_path), timeout_s=150)
     results = [pickle.loads(Path(tmp_path, f"result{r}.pkl").read_bytes()) for r in range(world)]
     expected_values, expected_csv = _reference(tmp_path, world)
 
@@ -304,6 +226,7 @@ def _hang_worker(rank: int, world: int) -> None:
         SaturationTracker("unused", save_to="csv", modules=nn.Linear(2, 2), device="cpu", nosave=True).add_saturations()
 
 
+@pytest.mark.slow  # ~20 s: two process start-ups and gloo's 5 s collective timeout
 def test_a_rank_that_never_calls_add_saturations_fails_instead_of_hanging():
     with pytest.raises(DistributedRunError, match="rank 0"):
         run_on_gloo(_hang_worker, 2, timeout_s=90, collective_timeout_s=5)
