@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from delve_fast import distributed as D
 from delve_fast.layers import find_layers
 from delve_fast.tracker import SaturationTracker
 
@@ -93,5 +94,8 @@ def ddp_worker(rank: int, world: int, out_dir: str) -> None:
         savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True
     ) as tracker:
         values = train(model, tracker, [rank], world)
+    exchange = D.last_exchange()  # of the last add_saturations()
     seconds = time.perf_counter() - t0
-    Path(out_dir, f"result{rank}.pkl").write_bytes(pickle.dumps({"names": names, "values": values, "s": seconds}))
+    Path(out_dir, f"result{rank}.pkl").write_bytes(
+        pickle.dumps({"names": names, "values": values, "s": seconds, "exchange": exchange})
+    )

@@ -214,6 +214,15 @@ def test_ddp_job_reports_the_statistics_of_all_shards(tmp_path, world):
             for key in rank0:
                 assert np.array_equal(mine[key], rank0[key]), key
 
+    # The last call (train mode only: widths 4, 8, 3 of 6 (mode, layer) keys) sent the
+    # docs/distributed.md formula, whatever the world size: header 32 + widths 16 K
+    # + moments 8 sum(1 + C) + centred sums 8 sum(C (C + 1) / 2), then the statistics.
+    formula = 32 + 16 * 6 + 8 * (5 + 9 + 4) + 8 * (10 + 36 + 6)
+    for res in results:
+        exchange = res["exchange"]
+        assert exchange.payload_bytes - exchange.by_step["statistics"] == formula
+        assert exchange.collectives == 6  # 4 all-reduces, one all_gather_object (sizes, then bytes)
+
     # Only rank 0 created folders or files.
     saved = np.load(tmp_path / "rank0" / "run" / "_train-covariance-matrix_4" / "_train-covariance-matrix_4_epoch1.npy")
     assert np.array_equal(saved, results[0]["values"][1]["train-covariance-matrix_4"])
