@@ -175,7 +175,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     torch.set_num_threads(THREADS)
-    result = run_distributed()
+    result = run_distributed(calls=5)
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "ranks"} | {"ranks": result["ranks"]}, indent=1))
 
