@@ -27,6 +27,9 @@ Delve's own types are tracked as leaves (a module with children is searched,
 not tracked); types registered as *whole* (``nn.MultiheadAttention``, and
 custom types by default) are tracked as one layer and their children are not
 searched.
+Wrappers that add a level without adding a layer (``DistributedDataParallel``,
+``DataParallel``, ``torch.compile``'s ``OptimizedModule``) are looked through,
+so a wrapped model gets the names of the plain one.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ __all__ = [
     "find_layers",
     "select_layers",
     "supported_types_text",
+    "unwrap",
 ]
 
 log = logging.getLogger("delve_fast")
@@ -265,6 +269,23 @@ def supported_types_text() -> str:
     return ", ".join(names)
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside any ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers.
+
+    Each wrapper holds the model as a child (``module`` or ``_orig_mod``), which
+    would otherwise add ``module-`` or ``_orig_mod-`` to every layer name.
+    ``torch.compile``'s wrapper is recognised by its type name, so naming a
+    layer never imports the compiler stack.
+    """
+    while True:
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
 def collect_layers(
     module: nn.Module,
     prefix: str,
@@ -275,6 +296,7 @@ def collect_layers(
 ) -> dict[str, nn.Module]:
     """Add the tracked layers under ``module`` to ``out``, named from ``prefix``; a module reached twice is kept once."""
     seen = set() if seen is None else seen
+    module = unwrap(module)
     spec = _tracked(module, include_conv, types)
     children = [(k, m) for k, m in module._modules.items() if m is not None]
     if children and not (spec is not None and spec.whole):
@@ -324,6 +346,7 @@ def find_layers(
     layers: dict[str, nn.Module] = {}
     seen: set[int] = set()
     if isinstance(modules, nn.Module):
+        modules = unwrap(modules)
         if not _is_single_layer(modules, types):
             collect_layers(modules, "", layers, seen, include_conv, types)
             return layers
@@ -333,6 +356,7 @@ def find_layers(
     for i, module in enumerate(modules):
         if not isinstance(module, nn.Module):
             raise TypeError(f"modules[{i}] is a {type(module).__name__}, not an nn.Module")
+        module = unwrap(module)
         if _is_single_layer(module, types):
             collect_layers(module, f"Module-{i}-{type(module).__name__}", layers, seen, include_conv, types)
             continue

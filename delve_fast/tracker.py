@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from delve_fast import distributed as D
 from delve_fast import layers as L
 from delve_fast import masking, ops, views
 from delve_fast import stats as S
@@ -128,6 +129,15 @@ class SaturationTracker:
         Keyword only. Which registered layer types to track: all of them,
         delve's three (``nn.Linear``, ``nn.Conv2d``, ``nn.LSTM``), or the
         listed types (and their subclasses). See ``docs/layers.md``.
+    distributed : None, bool or torch.distributed.ProcessGroup, default None
+        Keyword only. ``None``: when :mod:`torch.distributed` is initialised
+        (with more than one rank) the ranks merge their states at every
+        :meth:`add_saturations` and report the statistics of the whole job's
+        data; only rank 0 creates folders and writes files, and ``add_scalar``
+        on other ranks is ignored. Every rank must then create the tracker and
+        call :meth:`add_saturations`. ``True``: the default group (must be
+        initialised); ``False``: every rank works alone (delve's behaviour); or
+        the ``ProcessGroup`` to use. See ``docs/distributed.md``.
 
     Examples
     --------
@@ -167,6 +177,7 @@ class SaturationTracker:
         idim_rule: str = "delve",
         precision: str = "double",
         layer_types: str | Sequence[type[nn.Module]] = "all",
+        distributed: bool | None | Any = None,
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
@@ -187,6 +198,8 @@ class SaturationTracker:
         self.layerwise_sat, self.reset_covariance = bool(layerwise_sat), bool(reset_covariance)
         self.average_sat = bool(average_sat)
         self.device = resolve_device(device)
+        # The process group whose ranks merge their states (None: this process alone); only its rank 0 writes.
+        self._group = D.resolve_group(distributed)
         self._view_options = views.ViewOptions(
             self.conv_method, self.timeseries_method, self.interpolation_strategy, self.interpolation_downsampling
         )
@@ -204,7 +217,7 @@ class SaturationTracker:
                 stacklevel=2,
             )
 
-        if self.nosave:
+        if self.nosave or not D.is_main_rank(self._group):
             self.writer: AbstractWriter = CompositWriter([])
         else:
             writer_args["savepath"] = self.savefile
@@ -396,7 +409,9 @@ class SaturationTracker:
         Eigenvalues of all layers and modes come from one batched call to
         :func:`delve_fast.ops.eigvalsh_desc`; eigenvectors are computed only
         for ``embed``. Each stat is an entry of :data:`delve_fast.stats.STATS`.
-        Nothing is reset or written.
+        Nothing is reset or written. Under ``distributed`` the ranks' states
+        are merged first and the eigen solves are shared out
+        (:func:`delve_fast.distributed.compute_merged`); every rank must call it.
 
         Returns
         -------
@@ -406,6 +421,11 @@ class SaturationTracker:
         samples : dict
             ``<mode>-embedded-sample_<layer>`` to ``(n, 2)`` arrays (``embed``).
         """
+        if self._group is not None:
+            return D.compute_merged(
+                D.tracker_entries(self._recorder, list(self.layers)), self._mode_stats, self.threshold,
+                self.idim_rule, average=self.average_sat, backend=self.backend, group=self._group, device=self.device,
+            )  # fmt: skip
         entries = [
             (mode, name, state, partial(views.covariance_in_chw_order, order=self._recorder.flatten_order(mode, name)))
             for mode, name, state in self._recorder.pending(self.layers)
@@ -431,7 +451,7 @@ class SaturationTracker:
             Every value written, by column name.
         """
         values, samples = self.compute_saturations()
-        if self.verbose:
+        if self.verbose and D.is_main_rank(self._group):
             for col, value in values.items():
                 if S.STATMAP["cov"] not in col:
                     print(f"{col}: {value}")

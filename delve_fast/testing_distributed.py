@@ -1,0 +1,103 @@
+"""Run a function on several gloo processes on this machine, with a deadline: for tests and benchmarks.
+
+Nothing here is imported by the library itself. Each process joins a gloo
+group through a file store (no port to pick), runs ``fn(rank, world_size,
+*args)`` and leaves the group; a traceback is written to the work folder and
+re-raised in the caller, and a process still running at the deadline is
+killed, so a hang fails instead of blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_on_gloo", "DistributedRunError"]
+
+
+class DistributedRunError(RuntimeError):
+    """A rank failed, or the run did not finish before its deadline."""
+
+
+def _entry(rank: int, world: int, store: str, errors: str, collective_timeout_s: float, fn: Callable, args) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # W processes share the machine's cores
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{store}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=collective_timeout_s),
+        )
+        try:
+            fn(rank, world, *args)
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        Path(errors, f"rank{rank}.txt").write_text(traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+def run_on_gloo(
+    fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = 120.0, collective_timeout_s: float = 60.0
+) -> None:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned processes joined in one gloo group.
+
+    Parameters
+    ----------
+    fn : callable
+        A module-level function (spawned processes import it by name).
+    world_size : int
+    *args
+        Picklable arguments passed after ``rank, world_size``.
+    timeout_s : float, default 120
+        Deadline for the whole run; processes still alive then are killed.
+    collective_timeout_s : float, default 60
+        gloo's timeout of one collective, so a rank waiting on a peer that
+        never comes fails by itself too.
+
+    Raises
+    ------
+    DistributedRunError
+        When a rank exits with an error (its traceback is in the message) or
+        the deadline passes.
+    """
+    import multiprocessing as mp
+    import time
+
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="delve_fast_gloo_") as tmp:
+        store = os.path.join(tmp, "store")
+        procs = [
+            ctx.Process(target=_entry, args=(r, world_size, store, tmp, collective_timeout_s, fn, args), daemon=True)
+            for r in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for r in hung:
+            procs[r].kill()
+            procs[r].join(5)
+        failures = [
+            f"rank {r} (exit code {p.exitcode}):\n" + _read(Path(tmp, f"rank{r}.txt"))
+            for r, p in enumerate(procs)
+            if r not in hung and p.exitcode != 0
+        ]
+        if hung or failures:
+            head = f"ranks {hung} still running after {timeout_s:.0f} s and killed\n" if hung else ""
+            raise DistributedRunError(head + "\n".join(failures))
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else "(no traceback written)"

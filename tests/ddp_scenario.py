@@ -1,0 +1,101 @@
+"""The DDP job of tests/test_distributed.py, in a module of its own.
+
+Spawned ranks import it to find their function; it imports only torch and
+delve_fast (not pytest or pandas), so each rank starts quickly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from delve_fast import distributed as D
+from delve_fast.layers import find_layers
+from delve_fast.tracker import SaturationTracker
+
+
+def small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(4 * 36, 8), nn.ReLU()),
+        nn.Linear(8, 3),
+    ).double()
+
+
+PLAIN_NAMES = ["0", "3-0", "4"]
+
+
+STATS = ["lsat", "idim", "trc", "dtrc", "logdet", "det", "cov"]
+EPOCHS, STEPS = 2, 3
+
+
+def train_batch(rank: int, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``r``'s shard: 8 - r images a step, its inputs shifted by 2 r (different means, different counts)."""
+    gen = torch.Generator().manual_seed(1000 * rank + 10 * epoch + step)
+    n = 8 - rank
+    x = torch.randn(n, 3, 6, 6, generator=gen, dtype=torch.float64) * (1 + rank) + 2.0 * rank
+    return x, torch.randn(n, 3, generator=gen, dtype=torch.float64)
+
+
+def eval_batches(rank: int) -> int:
+    """Epoch 0: rank 0 has 2 eval batches, rank 1 none, rank 2 one. Epoch 1 has none anywhere."""
+    return {0: 2, 1: 0, 2: 1}[rank]
+
+
+def eval_batch(rank: int, b: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(50_000 + 100 * rank + b)
+    return torch.randn(5, 3, 6, 6, generator=gen, dtype=torch.float64) - 3.0 * rank
+
+
+def train(model: nn.Module, tracker: SaturationTracker, shards: list[int], world: int) -> list[dict]:
+    """The job: DDP's loop when ``shards`` is one rank, its single-process equivalent when it is all of them.
+
+    DDP averages the ranks' gradients of their mean losses; the single process
+    takes the gradient of the average of those losses, the same quantity.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = []
+    for epoch in range(EPOCHS):
+        model.train()
+        for step in range(STEPS):
+            opt.zero_grad()
+            losses = [nn.functional.mse_loss(model(x), y) for x, y in (train_batch(r, epoch, step) for r in shards)]
+            (sum(losses) / (world if len(shards) > 1 else 1)).backward()
+            opt.step()
+        if epoch == 0:
+            model.eval()
+            with torch.no_grad():
+                for r in shards:
+                    for b in range(eval_batches(r)):
+                        model(eval_batch(r, b))
+        tracker.add_scalar("lr", 0.05)  # accepted on every rank, written by rank 0 only
+        out.append(tracker.add_saturations())
+    return out
+
+
+def ddp_worker(rank: int, world: int, out_dir: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    t0 = time.perf_counter()
+    model = DDP(small_model())
+    names = {"ddp": list(find_layers(model))}
+    if world == 2:  # torch.compile is lazy: wrapping compiles nothing, so this costs only its import
+        names["ddp_compile"] = list(find_layers(DDP(torch.compile(small_model()))))
+        names["compile_ddp"] = list(find_layers(torch.compile(DDP(small_model()))))
+    savefile = str(Path(out_dir, f"rank{rank}", "run"))
+    with SaturationTracker(
+        savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True
+    ) as tracker:
+        values = train(model, tracker, [rank], world)
+    exchange = D.last_exchange()  # of the last add_saturations()
+    seconds = time.perf_counter() - t0
+    Path(out_dir, f"result{rank}.pkl").write_bytes(
+        pickle.dumps({"names": names, "values": values, "s": seconds, "exchange": exchange})
+    )
