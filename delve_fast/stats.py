@@ -355,7 +355,7 @@ def rankme(second_moment_eigenvalues: Any, eps: float = RANKME_EPS) -> float:
         return math.nan
     sigma = np.sqrt(s)
     p = sigma / sigma.sum() + eps
-    return math.exp(float(-(p * np.log(p)).sum()))
+    return math.exp(_entropy(p))
 
 
 def participation_ratio(eigenvalues: Any) -> float:
