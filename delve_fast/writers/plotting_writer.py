@@ -124,11 +124,12 @@ class CSVandPlottingWriter(CSVWriter):
     def save(self) -> None:
         """Write the CSV, then the plots of the row just closed."""
         super().save()
-        if not self._rows:
-            return
-        epoch = len(self._rows) - 1
-        row = self._rows[-1]
         self.written_plots = []
+        if not self._rows and not self.spectra:
+            return
+        # The CSV row index, as delve numbers plots; a run that records only spectra has no rows.
+        epoch = len(self._rows) - 1 if self._rows else self.epoch_counter - 1
+        row = self._rows[-1] if self._rows else {}
         for stat in PLOTTED_STATS:
             for mode in ("train", "eval"):
                 prefix = f"{mode}-{STATMAP[stat]}_"
