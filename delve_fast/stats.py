@@ -571,7 +571,7 @@ class Stat:
         stores it (and the plot writer draws spectra); scalar writers skip it.
     needs_second_moment : bool
         The function reads :attr:`StatContext.second_moment_eigenvalues`, which
-        costs one more batched eigenvalue solve.
+        adds one matrix per layer to the batched eigenvalue solve.
     """
 
     name: str
@@ -688,8 +688,8 @@ def compute_layers(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every requested stat of every layer and mode, from one batched eigenvalue solve.
 
-    ``rankme`` adds a second batched solve, of the uncentred second moments of
-    the layers it is requested for.
+    ``rankme`` adds the uncentred second moments of the layers it is requested
+    for to the same batched solve.
 
     Parameters
     ----------
@@ -716,12 +716,15 @@ def compute_layers(
     if warned is not None:
         warn_few_samples([(mode, layer, state) for mode, layer, state, _ in entries], warned)
     covs = [state.fix() for _, _, state, _ in entries]
-    eigs, traces = spectra(covs, backend=backend)
-    # The uncentred second moment only for the layers whose mode asks for rankme: one more batched solve.
+    # The uncentred second moment cov + mean mean^T (rankme) only for the layers whose mode asks for it.
+    # Its eigenvalues join the same batched solve: the kernel hands the largest matrices out first, so
+    # the extra matrices fill idle workers instead of costing a second pass.
     wanted = {m for m, keys in mode_stats.items() if any(STATS[k].needs_second_moment for k in keys)}
     second = [i for i, entry in enumerate(entries) if entry[0] in wanted]
-    moments, _ = spectra([entries[i][2].fix(center=False) for i in second], backend=backend)
-    second_eigs: dict[int, np.ndarray] = dict(zip(second, moments, strict=True))
+    moments = [torch.addr(covs[i], entries[i][2].state.mean, entries[i][2].state.mean) for i in second]
+    solved, traces = spectra(covs + moments, backend=backend)
+    eigs, traces = solved[: len(covs)], traces[: len(covs)]
+    second_eigs: dict[int, np.ndarray] = dict(zip(second, solved[len(covs) :], strict=True))
     values: dict[str, Any] = {}
     samples: dict[str, Any] = {}
     for i, ((mode, layer, state, order), lam, cov, trace) in enumerate(zip(entries, eigs, covs, traces, strict=True)):
