@@ -229,7 +229,7 @@ def test_all_zero_layer_gives_nan_not_a_warning(tmp_path):
 
 
 # ------------------------------------------------ the tracker and the writers
-def test_rankme_costs_one_extra_solve_only_when_requested(tmp_path, monkeypatch):
+def test_rankme_adds_its_matrices_to_the_one_solve_only_when_requested(tmp_path, monkeypatch):
     calls = []
     real = ops.eigvalsh_desc
 
@@ -239,7 +239,7 @@ def test_rankme_costs_one_extra_solve_only_when_requested(tmp_path, monkeypatch)
 
     monkeypatch.setattr(ops, "eigvalsh_desc", counting)
     net = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3))
-    for stats, expected in ((["lsat", "erank", "pr", "srank", "alpha"], [4]), (["lsat", "rankme_eval"], [4, 2])):
+    for stats, expected in ((["lsat", "erank", "pr", "srank", "alpha"], [4]), (["lsat", "rankme_eval"], [6])):
         calls.clear()
         t = SaturationTracker(str(tmp_path / "r"), save_to="csv", modules=net, device="cpu", stats=stats)
         net.train()
@@ -248,7 +248,7 @@ def test_rankme_costs_one_extra_solve_only_when_requested(tmp_path, monkeypatch)
         net(torch.randn(30, 4))
         values = t.add_saturations()
         t.close()
-        assert calls == expected, stats  # one batched solve, plus one for the eval layers' second moments
+        assert calls == expected, stats  # one batched solve; the eval layers' second moments join it
     assert sorted(k for k in values if "rankme" in k) == ["eval-rankme_0", "eval-rankme_1"]
 
 

@@ -18,6 +18,7 @@ from delve_fast import stats as S
 from delve_fast.cli import main
 
 TAG = S.STATMAP["spectrum"]
+assert TAG == R.SPECTRUM_TAG  # the report reads the folders the npy writer names after the stat
 
 
 def np_idim(x: np.ndarray, threshold: float) -> int:
