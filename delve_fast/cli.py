@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share of variance such as 0.95, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share of variance in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with the ``demo`` and ``report`` sub-commands.
 
@@ -88,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="summarise a delve-format CSV: per-layer table and a layers x epochs heat map",
         description=(
             "Read a CSV written by SaturationTracker's csv or plot writer (delve 0.1.50 or delve_fast), print the "
-            "final value of every statistic per layer, and draw one statistic for all layers and epochs as a heat map."
+            "final value of every statistic per layer, and draw one statistic for all layers and epochs as a heat map. "
+            "With saved eigenvalue spectra it also draws them and can recompute idim and saturation at another "
+            "threshold."
         ),
     )
     report.add_argument("csv", type=Path, metavar="RUN.csv", help="the delve-format CSV file")
@@ -100,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(STAT_LABELS),
         default=None,
         help="statistic to draw; it must be in the CSV (default: saturation, or the first one recorded if it is absent)",
+    )
+    report.add_argument(
+        "--threshold",
+        type=_share,
+        default=None,
+        metavar="SHARE",
+        help="recompute idim and saturation at this share of variance (e.g. 0.95) from the eigenvalue spectra the "
+        "run saved (stat 'spectrum' with the npy writer)",
+    )
+    report.add_argument(
+        "--spectra",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the run's npy folder holding the saved spectra (default: the CSV path without .csv)",
     )
     return parser
 
@@ -123,7 +150,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from delve_fast.report import ReportError, report
 
     try:
-        text, png = report(args.csv, args.output, stat=args.stat)
+        text, png = report(args.csv, args.output, stat=args.stat, threshold=args.threshold, spectra_dir=args.spectra)
     except ReportError as exc:
         return _fail(str(exc))
     print(text)

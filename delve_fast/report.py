@@ -13,7 +13,10 @@ This module turns such a file into
 * a per-layer table of the final values (:func:`layer_table`,
   :func:`format_table`), and
 * one picture of a statistic for every layer and every epoch, a layers x
-  epochs heat map with one panel per mode (:func:`plot_heatmap`).
+  epochs heat map with one panel per mode (:func:`plot_heatmap`), and
+* when the run also saved its eigenvalue spectra (stat ``spectrum`` with the
+  ``npy`` writer): a spectrum plot of the last epoch (:func:`plot_spectra`) and
+  ``idim`` / ``lsat`` recomputed at another threshold (:func:`apply_threshold`).
 
 Every problem with the input is raised as :class:`ReportError`, whose message
 is a single line meant to be shown to the user as it is.
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import math
 import re
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,30 +40,78 @@ STAT_LABELS: dict[str, str] = {
     "covariance-trace": "trc",
     "diagonal-trace": "dtrc",
     "covariance-determinant": "det",
+    "covariance-log-determinant": "logdet",
+    "effective-rank": "erank",
+    "rankme": "rankme",
+    "participation-ratio": "pr",
+    "stable-rank": "srank",
+    "spectrum-alpha": "alpha",
+    "sample-count": "n",
 }
 
-#: Colour-bar labels and one-sentence definitions shown under the heat map.
+#: Colour-bar labels and one-sentence definitions shown under the heat map; ``{share}`` is the threshold.
 STAT_TITLES: dict[str, tuple[str, str]] = {
     "saturation": (
         "saturation",
-        "saturation = (eigendirections needed to explain 99% of the variance) / (feature-space size); "
+        "saturation = (eigendirections needed to explain {share} of the variance) / (feature-space size); "
         "low values mean the layer uses few of its dimensions",
     ),
     "intrinsic-dimensionality": (
         "intrinsic dimensionality",
-        "intrinsic dimensionality = number of eigendirections needed to explain 99% of the variance",
+        "intrinsic dimensionality = number of eigendirections needed to explain {share} of the variance",
     ),
     "covariance-trace": ("covariance trace", "covariance trace = total variance of the layer's output"),
     "diagonal-trace": ("sum of eigenvalues", "sum of the (clamped) covariance eigenvalues"),
     "covariance-determinant": ("covariance determinant", "covariance determinant = generalised variance"),
+    "covariance-log-determinant": ("log-determinant", "natural log of the covariance determinant"),
+    "effective-rank": (
+        "effective rank",
+        "effective rank = exp(entropy of the normalised eigenvalues) (Roy & Vetterli 2007); "
+        "between 1 and the feature-space size",
+    ),
+    "rankme": (
+        "RankMe",
+        "RankMe = exp(entropy of the normalised singular values of the uncentred samples, + 1e-7) "
+        "(Garrido et al. 2023); low values signal collapse",
+    ),
+    "participation-ratio": ("participation ratio", "participation ratio = (sum of eigenvalues)^2 / sum of squares"),
+    "stable-rank": ("stable rank", "stable rank = sum of eigenvalues / largest eigenvalue"),
+    "spectrum-alpha": (
+        "spectrum decay alpha",
+        "alpha of eigenvalue_i ~ i^-alpha, fitted over ranks 10 to 100; larger means faster decay",
+    ),
+    "sample-count": (
+        "samples",
+        "samples that entered the covariance; with no more samples than features, the rank is capped by the samples",
+    ),
 }
+
+#: Folder-name tag of saved spectra (the npy writer names folders ``_<mode>-<tag>_<layer>``).
+SPECTRUM_TAG = "eigenvalue-spectrum"
+
+
+def stat_title(stat: str, threshold: float | None = None) -> tuple[str, str]:
+    """Colour-bar label and one-sentence definition of ``stat`` (a delve statistic name).
+
+    Parameters
+    ----------
+    stat : str
+        A key of :data:`STAT_TITLES`.
+    threshold : float, optional
+        The variance share behind ``idim`` and ``lsat``; default 0.99 (the tracker's default).
+    """
+    label, definition = STAT_TITLES[stat]
+    share = 0.99 if threshold is None else threshold
+    return label, definition.format(share=f"{share * 100:g}%")
+
 
 _STAT_COLUMN = re.compile(
     r"^(?P<mode>[A-Za-z0-9]+)-(?P<stat>" + "|".join(map(re.escape, STAT_LABELS)) + r")_(?P<layer>.+)$"
 )
 _INDEX_NAMES = {"", "epoch", "index", "step"}
 _MODE_ORDER = {"train": 0, "eval": 1}
-_MODE_TITLES = {"train": "training pass (model.train())", "eval": "evaluation pass (model.eval())"}
+_SPECTRUM_FOLDER = re.compile(r"^_(?P<mode>[A-Za-z0-9]+)-" + re.escape(SPECTRUM_TAG) + r"_(?P<layer>.+)$")
+_EPOCH_FILE = re.compile(r"_epoch(?P<epoch>[0-9]+)\.npy$")
 
 
 class ReportError(ValueError):
@@ -87,6 +137,10 @@ class Run:
         ``(mode, statistic) -> DataFrame`` with epochs as rows and layers as columns.
     scalars : DataFrame
         Every column that is not a layer statistic.
+    spectra : dict
+        ``(mode, layer) -> {epoch: eigenvalues}`` saved by the npy writer, when attached.
+    threshold : float or None
+        The threshold ``idim`` and ``lsat`` were recomputed at, if they were.
     """
 
     path: Path
@@ -95,6 +149,8 @@ class Run:
     modes: list[str]
     stats: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
     scalars: pd.DataFrame = field(default_factory=pd.DataFrame)
+    spectra: dict[tuple[str, str], dict[int, np.ndarray]] = field(default_factory=dict)
+    threshold: float | None = None
 
     def has(self, stat: str) -> bool:
         """Whether any mode recorded the statistic ``stat`` (a delve statistic name)."""
@@ -270,6 +326,10 @@ def layer_table(run: Run, feature_sizes: Mapping[str, int] | None = None) -> pd.
     for layer in run.layers:
         size = None if feature_sizes is None else feature_sizes.get(layer)
         if size is None:
+            size = next(
+                (len(lam) for (_, name), per in run.spectra.items() if name == layer for lam in per.values()), None
+            )
+        if size is None:
             size = _infer_feature_size(run, layer)
         sizes.append(size)
     table.insert(0, "features", pd.array(sizes, dtype="Int64"))
@@ -296,7 +356,7 @@ def _fmt(value: object, column: str) -> str:
         return "-"
     if column.endswith(" sat"):
         return f"{float(value):.3f}"
-    if column.endswith(" idim") or column == "features":
+    if column.endswith((" idim", " n")) or column == "features":
         return f"{int(round(float(value)))}"
     return f"{float(value):.4g}"
 
@@ -377,10 +437,7 @@ def plot_heatmap(
     ReportError
         If the run has no column for ``stat``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from delve_fast.plots import heatmap_figure
 
     if stat not in STAT_LABELS:
         raise ReportError(f"unknown statistic {stat!r}; choose one of {', '.join(STAT_LABELS)}")
@@ -389,58 +446,182 @@ def plot_heatmap(
         raise ReportError(f"{run.path} has no {stat!r} columns to draw")
     frames = [run.stats[(m, stat)].reindex(columns=run.layers) for m in modes]
     layers = [layer for layer in run.layers if any(layer in f and f[layer].notna().any() for f in frames)]
-    frames = [f[layers] for f in frames]
-    n_epochs, n_layers = len(run.epochs), len(layers)
-    if annotate is None:
-        annotate = n_epochs <= 25 and n_layers <= 30
-
-    if stat == "saturation":
-        vmin, vmax = 0.0, 1.0
-    else:
-        values = np.concatenate([f.to_numpy(dtype=float).ravel() for f in frames])
-        values = values[np.isfinite(values)]
-        vmin, vmax = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
-        if vmin == vmax:
-            vmin, vmax = vmin - 0.5, vmax + 0.5
-
-    panel_w = min(9.0, 1.6 + 0.55 * n_epochs)
-    fig_h = min(12.0, 2.7 + 0.42 * n_layers)
-    fig, axes = plt.subplots(
-        1, len(modes), figsize=(panel_w * len(modes) + 1.6, fig_h), squeeze=False, constrained_layout=True
+    epochs = list(frames[0].index)
+    panels = [(m, f[layers].reindex(epochs).to_numpy(dtype=float).T) for m, f in zip(modes, frames, strict=True)]
+    label, definition = stat_title(stat, run.threshold)
+    fig = heatmap_figure(
+        panels,
+        layers,
+        [int(e) for e in epochs],
+        label=label,
+        definition=definition,
+        title=title or f"Layer {stat.replace('-', ' ')} per epoch - {run.path.name}",
+        value_range=(0.0, 1.0) if stat == "saturation" else None,
+        integer=stat in ("intrinsic-dimensionality", "sample-count"),
+        annotate=annotate,
     )
-    image = None
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
-    for ax, mode, frame in zip(axes[0], modes, frames, strict=True):
-        grid = frame.to_numpy(dtype=float).T  # layers x epochs
-        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-        step = max(1, math.ceil(n_epochs / 30))
-        ax.set_xticks(range(0, n_epochs, step))
-        ax.set_xticklabels([str(e) for e in run.epochs[::step]], fontsize=8 if n_epochs > 20 else 10)
-        ax.set_yticks(range(n_layers))
-        ax.set_yticklabels(layers if ax is axes[0][0] else [""] * n_layers)
-        ax.set_xlabel("epoch")
-        if ax is axes[0][0]:
-            ax.set_ylabel("layer (input side at the top)")
-        ax.set_title(_MODE_TITLES.get(mode, f"{mode} mode"))
-        if annotate:
-            for i in range(n_layers):
-                for j in range(n_epochs):
-                    v = grid[i, j]
-                    if not np.isfinite(v):
-                        continue
-                    text = f"{v:.2f}" if stat == "saturation" else f"{v:.3g}"
-                    shade = (v - vmin) / (vmax - vmin)
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if shade > 0.6 else "white")
-    bar = fig.colorbar(image, ax=axes[0].tolist(), fraction=0.05, pad=0.02)
-    label, definition = STAT_TITLES[stat]
-    bar.set_label(label)
-    fig.supxlabel(textwrap.fill(definition, width=int(fig.get_figwidth() * 12), break_on_hyphens=False), fontsize=9)
-    fig.suptitle(title or f"Layer {stat.replace('-', ' ')} per epoch - {run.path.name}")
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------- spectra
+def default_spectra_dir(csv_path: str | Path) -> Path:
+    """The npy folder of a run: the CSV path without ``.csv`` (the tracker's ``savefile``)."""
+    csv_path = Path(csv_path)
+    return csv_path.with_suffix("") if csv_path.suffix == ".csv" else csv_path.parent / (csv_path.name + "_npy")
+
+
+def load_spectra(folder: str | Path) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+    """Read the eigenvalue spectra the npy writer saved (stat ``spectrum``).
+
+    Parameters
+    ----------
+    folder : str or Path
+        The run's npy folder, holding ``_<mode>-eigenvalue-spectrum_<layer>/`` folders.
+
+    Returns
+    -------
+    dict
+        ``(mode, layer) -> {epoch: eigenvalues}``, layers in name order; empty
+        when the folder holds no spectra (or does not exist).
+
+    Raises
+    ------
+    ReportError
+        If a spectrum file is unreadable or not a 1-D array.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    out: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        match = _SPECTRUM_FOLDER.match(sub.name)
+        if match is None:
+            continue
+        per_epoch: dict[int, np.ndarray] = {}
+        for file in sub.iterdir():
+            found = _EPOCH_FILE.search(file.name)
+            if found is None or not file.name.startswith(sub.name):
+                continue
+            try:
+                values = np.load(file, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ReportError(f"cannot read the spectrum {file}: {exc}") from None
+            if values.ndim != 1 or values.size == 0:
+                raise ReportError(f"{file} holds an array of shape {values.shape}, expected 1-D eigenvalues")
+            per_epoch[int(found["epoch"])] = values.astype(np.float64)
+        if per_epoch:
+            out[(match["mode"], match["layer"])] = dict(sorted(per_epoch.items()))
+    return out
+
+
+def attach_spectra(run: Run, spectra: Mapping[tuple[str, str], Mapping[int, np.ndarray]]) -> Run:
+    """Give ``run`` its saved spectra; layers only in the spectra join the layer list (at the end)."""
+    run.spectra = {key: dict(value) for key, value in spectra.items()}
+    for mode, layer in run.spectra:
+        if layer not in run.layers:
+            run.layers.append(layer)
+        if mode not in run.modes:
+            run.modes.append(mode)
+    run.modes.sort(key=lambda m: _MODE_ORDER.get(m, 2))
+    return run
+
+
+def apply_threshold(run: Run, threshold: float, rule: str = "delve") -> Run:
+    """Recompute ``idim`` and ``lsat`` of every saved spectrum at ``threshold``, in place of the CSV's.
+
+    Parameters
+    ----------
+    run : Run
+        A run with spectra (:func:`attach_spectra`).
+    threshold : float
+        Share of the variance in ``(0, 1]``.
+    rule : {"delve", "gap"}, default "delve"
+        See :func:`delve_fast.stats.intrinsic_dimensionality`.
+
+    Returns
+    -------
+    Run
+        ``run``, whose ``saturation`` and ``intrinsic-dimensionality`` tables
+        now come from the spectra.
+
+    Raises
+    ------
+    ReportError
+        If the threshold is outside ``(0, 1]`` or the run has no spectra.
+    """
+    from delve_fast.stats import intrinsic_dimensionality
+
+    if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) <= 1.0):
+        raise ReportError(f"the threshold must be a share of variance in (0, 1], got {threshold!r}")
+    if not run.spectra:
+        raise ReportError(
+            f"{run.path}: no saved spectra to recompute idim and lsat from; record stats=['spectrum'] "
+            "with save_to including 'npy' (folders '_<mode>-eigenvalue-spectrum_<layer>')"
+        )
+    epochs = sorted(set(run.epochs) | {e for per in run.spectra.values() for e in per})
+    for mode in sorted({m for m, _ in run.spectra}, key=lambda m: _MODE_ORDER.get(m, 2)):
+        idim: dict[str, pd.Series] = {}
+        sat: dict[str, pd.Series] = {}
+        for (m, layer), per_epoch in run.spectra.items():
+            if m != mode:
+                continue
+            dims = {e: intrinsic_dimensionality(lam, threshold, rule=rule) for e, lam in per_epoch.items()}
+            idim[layer] = pd.Series(dims, dtype=float)
+            sat[layer] = pd.Series({e: d / per_epoch[e].shape[0] for e, d in dims.items()}, dtype=float)
+        order = [layer for layer in run.layers if layer in idim]
+        run.stats[(mode, "intrinsic-dimensionality")] = pd.DataFrame(idim, index=epochs)[order]
+        run.stats[(mode, "saturation")] = pd.DataFrame(sat, index=epochs)[order]
+    run.epochs = epochs
+    run.threshold = float(threshold)
+    return run
+
+
+def plot_spectra(run: Run, path: str | Path, epoch: int | None = None, title: str | None = None) -> Path:
+    """Draw the saved spectra of one epoch: eigenvalue share against rank, log-log, one panel per mode.
+
+    Parameters
+    ----------
+    run : Run
+        A run with spectra (:func:`attach_spectra`).
+    path : str or Path
+        The PNG file to write.
+    epoch : int, optional
+        Default: each layer's last saved epoch.
+    title : str, optional
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ReportError
+        If the run has no spectra (at ``epoch``).
+    """
+    from delve_fast.plots import spectrum_figure
+
+    panels = []
+    for mode in run.modes:
+        series = []
+        for layer in run.layers:
+            per_epoch = run.spectra.get((mode, layer))
+            if not per_epoch:
+                continue
+            chosen = max(per_epoch) if epoch is None else epoch
+            if chosen in per_epoch:
+                series.append((layer, per_epoch[chosen]))
+        if series:
+            panels.append((mode, series))
+    if not panels:
+        raise ReportError(f"{run.path}: no saved spectra to draw" + ("" if epoch is None else f" at epoch {epoch}"))
+    which = "last epoch" if epoch is None else f"epoch {epoch}"
+    fig = spectrum_figure(panels, title or f"Eigenvalue spectrum of each layer ({which}) - {run.path.name}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     return path
 
 
@@ -479,8 +660,14 @@ def report(
     output_dir: str | Path | None = None,
     stat: str | None = None,
     feature_sizes: Mapping[str, int] | None = None,
+    threshold: float | None = None,
+    spectra_dir: str | Path | None = None,
 ) -> tuple[str, Path]:
     """Summarise a run file: the text of the per-layer table and the heat map written.
+
+    When the run saved its spectra (stat ``spectrum`` with the ``npy`` writer),
+    a spectrum plot of the last epoch, ``<stem>_spectrum.png``, is drawn too and
+    named in the text.
 
     Parameters
     ----------
@@ -493,36 +680,60 @@ def report(
         first recorded statistic when the run has no saturation.
     feature_sizes : mapping, optional
         Known feature-space sizes per layer (see :func:`layer_table`).
+    threshold : float, optional
+        Recompute ``idim`` and ``lsat`` from the saved spectra at this share of
+        variance (see :func:`apply_threshold`); they must exist.
+    spectra_dir : str or Path, optional
+        The run's npy folder; default :func:`default_spectra_dir` of the CSV.
 
     Returns
     -------
     tuple of (str, Path)
-        The text to print and the PNG written.
+        The text to print and the heat map written.
 
     Raises
     ------
     ReportError
-        For an unreadable run, a ``stat`` the run does not hold, or a heat map
-        that cannot be written (the message names the path).
+        For an unreadable run, a ``stat`` the run does not hold, a threshold
+        without saved spectra, or a picture that cannot be written (the
+        message names the path).
     """
     if stat is not None and stat not in STAT_LABELS:
         raise ReportError(f"unknown statistic {stat!r}; choose one of {', '.join(STAT_LABELS)}")
     run = load_run(csv_path)
+    folder = Path(spectra_dir) if spectra_dir is not None else default_spectra_dir(run.path)
+    if spectra_dir is not None and not folder.is_dir():
+        raise ReportError(f"no such spectra folder: {folder}")
+    attach_spectra(run, load_spectra(folder))
+    if threshold is not None:
+        if not run.spectra:
+            raise ReportError(
+                f"--threshold needs the run's saved spectra, and {folder} holds none; record stats=['spectrum'] "
+                "with save_to including 'npy', or pass the npy folder with --spectra"
+            )
+        apply_threshold(run, threshold)
     stat = choose_stat(run) if stat is None else require_stat(run, stat)
     last = run.epochs[-1]
-    lines = [
-        f"{run.path}: {len(run.layers)} layers, {len(run.epochs)} epochs, modes: {', '.join(run.modes)}",
-        f"final values (last recorded epoch, {last}):",
-        format_table(layer_table(run, feature_sizes)),
-    ]
+    lines = [f"{run.path}: {len(run.layers)} layers, {len(run.epochs)} epochs, modes: {', '.join(run.modes)}"]
+    if run.threshold is not None:
+        lines.append(f"idim and sat recomputed from the spectra in {folder} at threshold {run.threshold:g}")
+    lines += [f"final values (last recorded epoch, {last}):", format_table(layer_table(run, feature_sizes))]
     scalars = format_scalars(run)
     if scalars:
         lines.append(f"scalars at the last epoch: {scalars}")
     target = heatmap_path(run.path, output_dir, stat)
-    try:
-        png = plot_heatmap(run, target, stat=stat)
-    except OSError as exc:
-        # Name the heat map, and also the folder that failed when it is another one (mkdir on a parent).
-        failed = f" ({exc.filename})" if exc.filename and Path(exc.filename) != target else ""
-        raise ReportError(f"cannot write the heat map {target}{failed}: {exc.strerror or exc}") from None
+    png = _write_picture("heat map", target, lambda: plot_heatmap(run, target, stat=stat))
+    if run.spectra:
+        spectrum_png = heatmap_path(run.path, output_dir, "spectrum").with_name(f"{run.path.stem}_spectrum.png")
+        _write_picture("spectrum plot", spectrum_png, lambda: plot_spectra(run, spectrum_png))
+        lines.append(f"spectrum plot written to {spectrum_png}")
     return "\n".join(lines), png
+
+
+def _write_picture(what: str, target: Path, draw) -> Path:
+    try:
+        return draw()
+    except OSError as exc:
+        # Name the picture, and also the folder that failed when it is another one (mkdir on a parent).
+        failed = f" ({exc.filename})" if exc.filename and Path(exc.filename) != target else ""
+        raise ReportError(f"cannot write the {what} {target}{failed}: {exc.strerror or exc}") from None

@@ -42,6 +42,17 @@ __all__ = [
     "compute_intrinsic_dimensionality",
     "compute_saturation",
     "IDIM_RULES",
+    "effective_rank",
+    "rankme",
+    "participation_ratio",
+    "stable_rank",
+    "spectrum_alpha",
+    "numerical_rank",
+    "ALPHA_RANKS",
+    "RANKME_EPS",
+    "FewSamplesWarning",
+    "warn_few_samples",
+    "ARRAY_STATS",
 ]
 
 #: The two recording modes, from ``module.training`` at forward time.
@@ -261,6 +272,196 @@ def embed(samples: torch.Tensor, mean: torch.Tensor, eigenvectors: torch.Tensor,
     return out
 
 
+# ------------------------------------------------- rank and spectrum-shape stats
+#: The epsilon RankMe adds to every normalised singular value (Garrido et al., 2023).
+RANKME_EPS = 1e-7
+
+#: Default ranks (1-based, inclusive) of the power-law fit of :func:`spectrum_alpha`, as in alpha-ReQ.
+ALPHA_RANKS: tuple[int, int] = (10, 100)
+
+#: Fewest ranks :func:`spectrum_alpha` fits a line through; fewer give NaN.
+ALPHA_MIN_RANKS = 10
+
+
+def _scaled(eigenvalues: Any) -> np.ndarray | None:
+    """Eigenvalues divided by the largest, or None when there is no positive finite variance.
+
+    Every rank statistic is scale invariant, and dividing by the largest
+    eigenvalue first means no square or sum can overflow or underflow.
+    """
+    lam = _as_numpy(eigenvalues)
+    if lam.shape[0] == 0 or not np.isfinite(lam).all():
+        return None
+    top = float(lam.max())
+    if top <= 0.0:
+        return None
+    return np.clip(lam, 0.0, None) / top
+
+
+def _entropy(p: np.ndarray) -> float:
+    """Shannon entropy in nats, ``0 ln 0`` taken as 0."""
+    p = p[p > 0.0]
+    return float(-(p * np.log(p)).sum())
+
+
+def effective_rank(eigenvalues: Any) -> float:
+    """Effective rank of the covariance (Roy & Vetterli, 2007).
+
+    ``exp(-sum(p_i ln p_i))`` with ``p_i = l_i / sum(l)``: the exponential of
+    the Shannon entropy of the normalised spectrum.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+
+    Returns
+    -------
+    float
+        In ``[1, rank]``: 1 for a single direction, ``C`` for equal
+        variance in all ``C`` directions; NaN when the covariance is zero or
+        not finite.
+    """
+    s = _scaled(eigenvalues)
+    if s is None:
+        return math.nan
+    return math.exp(_entropy(s / s.sum()))
+
+
+def rankme(second_moment_eigenvalues: Any, eps: float = RANKME_EPS) -> float:
+    """RankMe of the samples (Garrido et al., ICML 2023).
+
+    ``exp(-sum(p_i ln p_i))`` with ``p_i = s_i / sum(s) + eps``, where ``s``
+    are the singular values of the **uncentred** sample matrix, i.e. the
+    square roots of the eigenvalues of ``sum(x x^T)``. The sum runs over all
+    ``C`` singular values, zeros included (with ``eps`` each contributes
+    ``-eps ln eps``). Only ratios of ``s`` enter, so the eigenvalues of the
+    second moment ``sum(x x^T) / n`` give the same value.
+
+    Parameters
+    ----------
+    second_moment_eigenvalues : array-like or torch.Tensor
+        1-D, non-negative eigenvalues of the uncentred second moment.
+    eps : float, default 1e-7
+        The paper's epsilon, added after normalisation.
+
+    Returns
+    -------
+    float
+        About ``[1, C]``; NaN when every sample is zero or a value is not finite.
+    """
+    s = _scaled(second_moment_eigenvalues)
+    if s is None:
+        return math.nan
+    sigma = np.sqrt(s)
+    p = sigma / sigma.sum() + eps
+    return math.exp(_entropy(p))
+
+
+def participation_ratio(eigenvalues: Any) -> float:
+    """Participation ratio ``(sum l)^2 / sum(l^2)``.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+
+    Returns
+    -------
+    float
+        In ``[1, rank]``; NaN for a zero or non-finite covariance.
+    """
+    s = _scaled(eigenvalues)
+    if s is None:
+        return math.nan
+    return float(s.sum() ** 2 / (s * s).sum())
+
+
+def stable_rank(eigenvalues: Any) -> float:
+    """Stable rank ``sum(l) / l_1``: the trace over the largest eigenvalue.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+
+    Returns
+    -------
+    float
+        In ``[1, rank]``; NaN for a zero or non-finite covariance.
+    """
+    s = _scaled(eigenvalues)
+    if s is None:
+        return math.nan
+    return float(s.sum())
+
+
+def numerical_rank(eigenvalues: Any) -> int:
+    """Number of eigenvalues above ``C * eps * l_1``, the round-off floor of a float64 solve.
+
+    Eigenvalues below it (for example the ``C - n + 1`` directions a layer
+    with ``n <= C`` samples cannot have) are rounding noise of the solver,
+    the same cut-off as :func:`numpy.linalg.matrix_rank`.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, non-negative.
+
+    Returns
+    -------
+    int
+    """
+    lam = _as_numpy(eigenvalues)
+    if lam.shape[0] == 0 or not np.isfinite(lam).all():
+        return 0
+    top = float(lam.max())
+    if top <= 0.0:
+        return 0
+    return int((lam > top * lam.shape[0] * np.finfo(np.float64).eps).sum())
+
+
+def spectrum_alpha(
+    eigenvalues: Any, first: int = ALPHA_RANKS[0], last: int = ALPHA_RANKS[1], min_ranks: int = ALPHA_MIN_RANKS
+) -> float:
+    """Power-law decay ``alpha`` of the spectrum, ``l_i ~ i^(-alpha)``.
+
+    The least-squares slope of ``log l_i`` on ``log i`` over the ranks
+    ``i = first ... last`` (1-based, inclusive), negated, as alpha-ReQ
+    (Agrawal et al., NeurIPS 2022) fits it. The range is cut at the
+    :func:`numerical_rank`, since zero eigenvalues have no logarithm.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor
+        1-D, descending, non-negative.
+    first, last : int, default 10 and 100
+        Ranks of the fit, ``1 <= first <= last``.
+    min_ranks : int, default 10
+        Fewest ranks to fit; with fewer the result is NaN.
+
+    Returns
+    -------
+    float
+        Around 1 for many natural representations; larger means faster
+        decay. NaN when fewer than ``min_ranks`` nonzero ranks fall in the range.
+    """
+    if not 1 <= first <= last:
+        raise ValueError(f"spectrum_alpha needs 1 <= first <= last, got first={first!r}, last={last!r}")
+    if min_ranks < 2:
+        raise ValueError(f"spectrum_alpha needs min_ranks >= 2 to fit a slope, got {min_ranks!r}")
+    lam = _as_numpy(eigenvalues)
+    stop = min(last, numerical_rank(lam))
+    if stop - first + 1 < min_ranks:
+        return math.nan
+    ranks = np.arange(first, stop + 1, dtype=np.float64)
+    x = np.log(ranks)
+    y = np.log(lam[first - 1 : stop])
+    x = x - x.mean()
+    slope = float((x * (y - y.mean())).sum() / (x * x).sum())
+    return -slope
+
+
 def _eigvals_of(cov: torch.Tensor) -> torch.Tensor:
     from delve_fast import ops
 
@@ -329,6 +530,10 @@ class StatContext:
     to_delve_order : callable
         Maps ``cov`` to delve's feature order (a permutation for a
         channels_last ``flatten`` state, else the identity).
+    second_moment_eigenvalues : numpy.ndarray or None
+        Descending, clamped eigenvalues of the uncentred second moment
+        ``sum(x x^T) / n``; solved only when a stat that needs them
+        (``rankme``) is requested for this mode, else None.
     """
 
     eigenvalues: np.ndarray
@@ -340,6 +545,7 @@ class StatContext:
     mode: str = "train"
     layer: str = ""
     to_delve_order: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity)
+    second_moment_eigenvalues: np.ndarray | None = None
 
     @property
     def label(self) -> str:
@@ -360,11 +566,19 @@ class Stat:
     per_sample : bool
         The value is an array of samples (``embed``), written to the samples
         dict instead of the scalar values.
+    array : bool
+        The value is an array (``cov``, ``spectrum``): only the npy writer
+        stores it (and the plot writer draws spectra); scalar writers skip it.
+    needs_second_moment : bool
+        The function reads :attr:`StatContext.second_moment_eigenvalues`, which
+        adds one matrix per layer to the batched eigenvalue solve.
     """
 
     name: str
     fn: Callable[[StatContext], Any]
     per_sample: bool = False
+    array: bool = False
+    needs_second_moment: bool = False
 
 
 def _embed(ctx: StatContext) -> np.ndarray | None:
@@ -381,14 +595,26 @@ STATS: dict[str, Stat] = {
     "idim": Stat(
         "intrinsic-dimensionality", lambda c: intrinsic_dimensionality(c.eigenvalues, c.threshold, rule=c.rule)
     ),
-    "cov": Stat("covariance-matrix", lambda c: c.to_delve_order(c.cov).cpu().numpy()),
+    "cov": Stat("covariance-matrix", lambda c: c.to_delve_order(c.cov).cpu().numpy(), array=True),
     "det": Stat("covariance-determinant", lambda c: determinant(c.eigenvalues, name=c.label)),
     "trc": Stat("covariance-trace", lambda c: float(c.trace)),
     "dtrc": Stat("diagonal-trace", lambda c: diagonal_trace(c.eigenvalues)),
     "embed": Stat("embedded-sample", _embed, per_sample=True),
     # delve_fast addition (opt-in): natural log of the covariance determinant.
     "logdet": Stat("covariance-log-determinant", lambda c: log_determinant(c.eigenvalues)),
+    # delve_fast additions (opt-in): rank and spectrum-shape statistics of the same eigenvalues
+    # (docs/statistics.md), the spectrum itself (npy writer) and the sample count behind them.
+    "erank": Stat("effective-rank", lambda c: effective_rank(c.eigenvalues)),
+    "rankme": Stat("rankme", lambda c: rankme(c.second_moment_eigenvalues), needs_second_moment=True),
+    "pr": Stat("participation-ratio", lambda c: participation_ratio(c.eigenvalues)),
+    "srank": Stat("stable-rank", lambda c: stable_rank(c.eigenvalues)),
+    "alpha": Stat("spectrum-alpha", lambda c: spectrum_alpha(c.eigenvalues)),
+    "spectrum": Stat("eigenvalue-spectrum", lambda c: np.array(c.eigenvalues, dtype=np.float64), array=True),
+    "count": Stat("sample-count", lambda c: int(c.state.n_samples)),
 }
+
+#: Names (:attr:`Stat.name`) of the stats whose values are arrays, not numbers.
+ARRAY_STATS: frozenset[str] = frozenset(stat.name for stat in STATS.values() if stat.array)
 
 #: Short stat keys mapped to the names used in CSV columns, npy folders and
 #: TensorBoard tags; identical to delve's (``logdet`` is delve_fast's).
@@ -458,8 +684,12 @@ def compute_layers(
     *,
     average: bool = False,
     backend: str | None = None,
+    warned: set[tuple[str, str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every requested stat of every layer and mode, from one batched eigenvalue solve.
+
+    ``rankme`` adds the uncentred second moments of the layers it is requested
+    for to the same batched solve.
 
     Parameters
     ----------
@@ -474,18 +704,31 @@ def compute_layers(
         Also give ``average-<mode>-sat``, the mean saturation over the layers.
     backend : str, optional
         Passed to :func:`delve_fast.ops.eigvalsh_desc`.
+    warned : set, optional
+        ``(mode, layer)`` pairs already warned about by :func:`warn_few_samples`;
+        updated in place. None: no warning.
 
     Returns
     -------
     values, samples : dict
         See :func:`compute`.
     """
+    if warned is not None:
+        warn_few_samples([(mode, layer, state) for mode, layer, state, _ in entries], warned)
     covs = [state.fix() for _, _, state, _ in entries]
-    eigs, traces = spectra(covs, backend=backend)
+    # The uncentred second moment cov + mean mean^T (rankme) only for the layers whose mode asks for it.
+    # Its eigenvalues join the same batched solve: the kernel hands the largest matrices out first, so
+    # the extra matrices fill idle workers instead of costing a second pass.
+    wanted = {m for m, keys in mode_stats.items() if any(STATS[k].needs_second_moment for k in keys)}
+    second = [i for i, entry in enumerate(entries) if entry[0] in wanted]
+    moments = [torch.addr(covs[i], entries[i][2].state.mean, entries[i][2].state.mean) for i in second]
+    solved, traces = spectra(covs + moments, backend=backend)
+    eigs, traces = solved[: len(covs)], traces[: len(covs)]
+    second_eigs: dict[int, np.ndarray] = dict(zip(second, solved[len(covs) :], strict=True))
     values: dict[str, Any] = {}
     samples: dict[str, Any] = {}
-    for (mode, layer, state, order), lam, cov, trace in zip(entries, eigs, covs, traces, strict=True):
-        ctx = StatContext(lam, cov, float(trace), state, threshold, rule, mode, layer, order)
+    for i, ((mode, layer, state, order), lam, cov, trace) in enumerate(zip(entries, eigs, covs, traces, strict=True)):
+        ctx = StatContext(lam, cov, float(trace), state, threshold, rule, mode, layer, order, second_eigs.get(i))
         layer_values, layer_samples = compute(ctx, mode_stats[mode])
         values.update(layer_values)
         samples.update(layer_samples)
@@ -495,3 +738,43 @@ def compute_layers(
             if sats:
                 values[f"average-{mode}-sat"] = float(np.mean(sats))
     return values, samples
+
+
+class FewSamplesWarning(RuntimeWarning):
+    """A layer's covariance was built from no more samples than the layer has features."""
+
+
+def warn_few_samples(entries: Sequence[tuple[str, str, Any]], warned: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Warn once per layer and mode whose sample count ``n`` is at most its width ``C``.
+
+    A covariance of ``n`` samples has rank at most ``n - 1``, so with
+    ``n <= C`` the saturation is capped at ``(n - 1) / C`` by the data, not
+    by the layer (and the rank statistics likewise).
+
+    Parameters
+    ----------
+    entries : sequence of (mode, layer, state)
+        ``state`` has ``n_samples`` and ``dim``.
+    warned : set
+        ``(mode, layer)`` pairs warned about before; new ones are added.
+
+    Returns
+    -------
+    list of (mode, layer)
+        The pairs warned about by this call.
+    """
+    new: list[tuple[str, str]] = []
+    for mode, layer, state in entries:
+        n, width = int(state.n_samples), state.dim
+        if width is None or n > width or (mode, layer) in warned:
+            continue
+        warned.add((mode, layer))
+        new.append((mode, layer))
+        warnings.warn(
+            f"layer {layer!r} ({mode}) saw {n} samples for {width} features: its covariance has rank at most "
+            f"{max(n - 1, 0)}, so its saturation and rank statistics are capped by the sample count, not by the "
+            "layer; record more samples per epoch (more batches before add_saturations()) to measure the layer",
+            FewSamplesWarning,
+            stacklevel=5,  # the user's add_saturations() call (via compute_saturations, compute_layers)
+        )
+    return new

@@ -79,9 +79,10 @@ class SaturationTracker:
         entries) in an epoch; the batch that crosses the limit is sliced.
     stats : str or list of str, default ['lsat']
         Any of ``lsat``, ``idim``, ``cov``, ``det``, ``trc``, ``dtrc``,
-        ``embed`` (and ``logdet``, a delve_fast addition). A ``_train`` or
-        ``_eval`` suffix restricts a stat to one mode; a bare stat is
-        recorded for both.
+        ``embed``, and the delve_fast additions ``logdet``, ``erank``,
+        ``rankme``, ``pr``, ``srank``, ``alpha``, ``spectrum`` and ``count``
+        (see ``docs/statistics.md``). A ``_train`` or ``_eval`` suffix
+        restricts a stat to one mode; a bare stat is recorded for both.
     layerwise_sat : bool, default True
         Write the per-layer statistics.
     reset_covariance : bool, default True
@@ -230,6 +231,7 @@ class SaturationTracker:
         self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
         self.epoch = self.initial_epoch
+        self._warned_few_samples: set[tuple[str, str]] = set()  # (mode, layer) told n <= C, once each
         for name, layer in self.layers.items():
             self._hooks.append(
                 layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types)))
@@ -431,8 +433,9 @@ class SaturationTracker:
             for mode, name, state in self._recorder.pending(self.layers)
         ]
         return S.compute_layers(
-            entries, self._mode_stats, self.threshold, self.idim_rule, average=self.average_sat, backend=self.backend
-        )
+            entries, self._mode_stats, self.threshold, self.idim_rule, average=self.average_sat, backend=self.backend,
+            warned=self._warned_few_samples,
+        )  # fmt: skip
 
     def add_saturations(self, save: bool = True) -> dict[str, Any]:
         """Compute the statistics of this epoch, write them and reset.
@@ -453,7 +456,7 @@ class SaturationTracker:
         values, samples = self.compute_saturations()
         if self.verbose and D.is_main_rank(self._group):
             for col, value in values.items():
-                if S.STATMAP["cov"] not in col:
+                if not any(name in col for name in S.ARRAY_STATS):
                     print(f"{col}: {value}")
         layer_values = {k: v for k, v in values.items() if not k.startswith("average-")}
         if self.layerwise_sat and (layer_values or samples):

@@ -11,12 +11,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AbstractWriter", "CompositWriter", "is_scalar_value", "COVARIANCE_TAG"]
+__all__ = ["AbstractWriter", "CompositWriter", "is_scalar_value", "is_array_name", "COVARIANCE_TAG", "SPECTRUM_TAG"]
 
 log = logging.getLogger("delve_fast")
 
 #: Values whose name contains this are matrices; only the npy writer keeps them.
 COVARIANCE_TAG = "covariance-matrix"
+
+#: Values whose name contains this are eigenvalue spectra (arrays, even of length 1): npy and plot writers only.
+SPECTRUM_TAG = "eigenvalue-spectrum"
+
+
+def is_array_name(name: str) -> bool:
+    """Whether the value named ``name`` is one of the tracker's array stats, which scalar writers skip."""
+    return COVARIANCE_TAG in name or SPECTRUM_TAG in name
 
 
 def is_scalar_value(value: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from delve_fast.writers.base import COVARIANCE_TAG, AbstractWriter, is_scalar_value, log
+from delve_fast.writers.base import AbstractWriter, is_array_name, is_scalar_value, log
 
 if TYPE_CHECKING:  # pandas is imported when a table is first read or written, not with delve_fast
     import pandas as pd
@@ -94,7 +94,7 @@ class CSVWriter(AbstractWriter):
         Covariance matrices and other non-scalar values are skipped (only the
         npy writer stores them).
         """
-        if COVARIANCE_TAG in name or not is_scalar_value(value):
+        if is_array_name(name) or not is_scalar_value(value):
             return
         if name in self._open:
             self._close_row()

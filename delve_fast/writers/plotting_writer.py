@@ -5,22 +5,28 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from delve_fast.stats import STATMAP
-from delve_fast.writers.base import log
+from delve_fast.stats import STATMAP, STATS
+from delve_fast.writers.base import SPECTRUM_TAG, log
 from delve_fast.writers.csv_writer import CSVWriter
 
-__all__ = ["CSVandPlottingWriter", "PLOTTED_STATS"]
+__all__ = ["CSVandPlottingWriter", "PLOTTED_STATS", "INTEGER_STATS"]
 
-#: Stats drawn as "value per layer" plots, in delve's order.
-PLOTTED_STATS: tuple[str, ...] = ("lsat", "idim", "det", "trc", "dtrc")
+#: Stats drawn as "value per layer" plots: delve's five in delve's order, then every other scalar stat.
+PLOTTED_STATS: tuple[str, ...] = ("lsat", "idim", "det", "trc", "dtrc") + tuple(
+    key
+    for key, stat in STATS.items()
+    if key not in ("lsat", "idim", "det", "trc", "dtrc") and not stat.array and not stat.per_sample
+)
 
 #: Stats that are whole numbers: their plots get integer ticks only.
-INTEGER_STATS: frozenset[str] = frozenset({"idim"})
+INTEGER_STATS: frozenset[str] = frozenset({"idim", "count"})
+
+_MODES = ("train", "eval")
 
 
 def axis_label(stat: str) -> str:
@@ -41,7 +47,11 @@ class CSVandPlottingWriter(CSVWriter):
     or ``eval`` and ``epoch`` is the CSV row index. Each plot shows the value of
     every layer, in forward-pass order, for the epoch just saved. With the
     ``embed`` stat, ``<savepath>_embed_<mode>_epoch_<epoch>.png`` scatters the
-    embedded samples of every layer.
+    embedded samples of every layer; with the ``spectrum`` stat,
+    ``<savepath>_spectrum_<mode>_epoch_<epoch>.png`` draws every layer's
+    normalised eigenvalues against their rank, log-log. With ``heatmaps``,
+    :meth:`close` also draws ``<savepath>_<stat>_heatmap.png``: one stat for
+    every layer and epoch, train and eval side by side.
 
     Parameters
     ----------
@@ -54,6 +64,10 @@ class CSVandPlottingWriter(CSVWriter):
         Name of a scalar column to print on every plot (for example ``accuracy``).
     fontsize : int, default 16
     figsize : tuple of float, optional
+    heatmaps : bool or sequence of str, default False
+        Draw layers x epochs heat maps on :meth:`close` (or
+        :meth:`plot_heatmaps`): True for every plotted stat that was
+        recorded, or a list of stat keys (for example ``["lsat", "erank"]``).
     **kwargs
         Ignored.
     """
@@ -65,9 +79,20 @@ class CSVandPlottingWriter(CSVWriter):
         primary_metric: str | None = None,
         fontsize: int = 16,
         figsize: tuple[float, float] | None = None,
+        heatmaps: bool | Sequence[str] = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(savepath)
+        if isinstance(heatmaps, str) or not isinstance(heatmaps, (bool, Sequence)):
+            raise TypeError(f"heatmaps must be a bool or a list of stat keys, got {heatmaps!r}")
+        if not isinstance(heatmaps, bool):
+            unknown = [k for k in heatmaps if k not in PLOTTED_STATS]
+            if unknown:
+                raise ValueError(f"heatmaps: unknown stat keys {unknown}; choose from {', '.join(PLOTTED_STATS)}")
+        self.heatmaps: tuple[str, ...] = (
+            tuple(heatmaps) if not isinstance(heatmaps, bool) else (PLOTTED_STATS if heatmaps else ())
+        )
+        self.spectra: dict[str, np.ndarray] = {}
         if plot_manipulation_func is not None and not callable(plot_manipulation_func):
             raise TypeError(f"plot_manipulation_func must be callable, got {type(plot_manipulation_func).__name__}")
         self.plot_man_func = plot_manipulation_func
@@ -88,19 +113,23 @@ class CSVandPlottingWriter(CSVWriter):
         sample_value_dict: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Add scalars to the CSV and remember per-sample data for plotting."""
+        """Add scalars to the CSV and remember per-sample data and spectra for plotting."""
         super().add_scalars(prefix, value_dict)
+        for name, value in value_dict.items():
+            if SPECTRUM_TAG in name:
+                self.spectra[name] = np.asarray(value, dtype=np.float64).reshape(-1)
         for name, value in (sample_value_dict or {}).items():
             self.add_sample_scalar(name, value)
 
     def save(self) -> None:
         """Write the CSV, then the plots of the row just closed."""
         super().save()
-        if not self._rows:
-            return
-        epoch = len(self._rows) - 1
-        row = self._rows[-1]
         self.written_plots = []
+        if not self._rows and not self.spectra:
+            return
+        # The CSV row index, as delve numbers plots; a run that records only spectra has no rows.
+        epoch = len(self._rows) - 1 if self._rows else self.epoch_counter - 1
+        row = self._rows[-1] if self._rows else {}
         for stat in PLOTTED_STATS:
             for mode in ("train", "eval"):
                 prefix = f"{mode}-{STATMAP[stat]}_"
@@ -116,9 +145,79 @@ class CSVandPlottingWriter(CSVWriter):
             series = {k[len(prefix) :]: v for k, v in self.sample_value_dict.items() if k.startswith(prefix)}
             if series:
                 self._plot_embedding(f"{self.savepath}_embed_{mode}_epoch_{epoch}.png", mode, epoch, series)
+        for mode in _MODES:
+            prefix = f"{mode}-{SPECTRUM_TAG}_"
+            layers = [(k[len(prefix) :], v) for k, v in self.spectra.items() if k.startswith(prefix)]
+            if layers:
+                self._plot_spectrum(f"{self.savepath}_spectrum_{mode}_epoch_{epoch}.png", mode, epoch, layers)
         self.sample_value_dict = {}
+        self.spectra = {}
+
+    def close(self) -> None:
+        """Draw the heat maps asked for with ``heatmaps``."""
+        self.plot_heatmaps()
+
+    def plot_heatmaps(self) -> list[str]:
+        """Draw ``<savepath>_<stat>_heatmap.png`` for each ``heatmaps`` stat recorded so far.
+
+        Returns
+        -------
+        list of str
+            The files written.
+        """
+        rows = self._rows + ([self._open] if self._open else [])
+        written = []
+        for stat in self.heatmaps:
+            panels, layers = [], []
+            for mode in _MODES:
+                prefix = f"{mode}-{STATMAP[stat]}_"
+                cols = [c for c in self._columns if c.startswith(prefix)]
+                grid = np.array([[float(row.get(c, math.nan)) for row in rows] for c in cols], dtype=float)
+                if not cols or np.isnan(grid).all():
+                    continue
+                names = [c[len(prefix) :] for c in cols]
+                layers += [n for n in names if n not in layers]
+                panels.append((mode, names, grid))
+            if not panels:
+                continue
+            aligned = []
+            for mode, names, grid in panels:
+                full = np.full((len(layers), len(rows)), math.nan)
+                for i, name in enumerate(names):
+                    full[layers.index(name)] = grid[i]
+                aligned.append((mode, full))
+            path = f"{self.savepath}_{stat}_heatmap.png"
+            self._draw_heatmap(path, stat, layers, aligned, len(rows))
+            written.append(path)
+        return written
 
     # -- drawing -------------------------------------------------------------
+    def _draw_heatmap(self, path: str, stat: str, layers: list[str], panels: list, n_rows: int) -> None:
+        from delve_fast.plots import heatmap_figure
+        from delve_fast.report import stat_title
+
+        label, definition = stat_title(STATMAP[stat])
+        fig = heatmap_figure(
+            panels,
+            layers,
+            list(range(n_rows)),
+            label=label,
+            definition=definition,
+            title=f"{label} per layer and epoch - {os.path.basename(self.savepath)}",
+            value_range=(0.0, 1.0) if stat == "lsat" else None,
+            integer=stat in INTEGER_STATS,
+        )
+        fig.savefig(path, dpi=100)
+        self.written_plots.append(path)
+        log.info("saved plot %s", path)
+
+    def _plot_spectrum(self, path: str, mode: str, epoch: int, layers: list[tuple[str, np.ndarray]]) -> None:
+        from delve_fast.plots import spectrum_figure
+
+        fig = spectrum_figure([(mode, layers)], self._title(mode, epoch), figsize=self.figsize, fontsize=self.fontsize)
+        ax = fig.axes[0]
+        self._finish(fig, ax, path)
+
     def _new_axes(self) -> tuple[Any, Any]:
         from matplotlib.figure import Figure
 

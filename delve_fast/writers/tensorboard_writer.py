@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from delve_fast.writers.base import COVARIANCE_TAG, AbstractWriter, is_scalar_value
+from delve_fast.writers.base import AbstractWriter, is_array_name, is_scalar_value
 
 __all__ = ["TensorBoardWriter"]
 
@@ -60,7 +60,7 @@ class TensorBoardWriter(AbstractWriter):
 
     def add_scalar(self, name: str, value: Any, global_step: int | None = None, **kwargs: Any) -> None:
         """Write one scalar; matrices and other non-scalars are skipped."""
-        if COVARIANCE_TAG in name or not is_scalar_value(value):
+        if is_array_name(name) or not is_scalar_value(value):
             return
         step = self._next_step.get(name, self._first_step) if global_step is None else int(global_step)
         self.writer.add_scalar(name, float(value), global_step=step)
