@@ -149,6 +149,18 @@ def test_backend_info_keys(compiled):  # noqa: ARG001 (compiled: fail if the bui
     assert isinstance(info["reason"], str) and info["reason"]
     # cuda reports whether CUDA kernels were built, consistent with build_info().
     assert info["cuda"] == bool(info["build"].get("cuda"))
+    # The kernels come from the dispatcher, one entry per op of the table, and agree with the build flag.
+    assert set(info["kernels"]) == set(ops.OPS) == {"cov_update_", "eigvalsh_desc"}
+    for name, devices in info["kernels"].items():
+        assert "cpu" in devices, name
+        assert ("cuda" in devices) == info["cuda"], name
+        assert ops.has_compiled_kernel("cpu", name)
+
+
+def test_has_compiled_kernel_names_the_valid_ops():
+    with pytest.raises(ValueError, match=r"'cov_update'.*cov_update_, eigvalsh_desc"):
+        ops.has_compiled_kernel("cpu", "cov_update")
+    assert not ops.has_compiled_kernel("mps", "cov_update_")
 
 
 def test_kernel_for_other_device(compiled):  # noqa: ARG001
