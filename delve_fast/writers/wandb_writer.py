@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from delve_fast.writers.base import COVARIANCE_TAG, AbstractWriter, is_scalar_value, log
 
@@ -22,6 +23,8 @@ def _import_wandb() -> Any:
 
 def _run_from_rows(path: Path, epochs: list[int], rows: list[dict[str, float]]) -> Any:
     """A :class:`delve_fast.report.Run` built from rows in memory, for :func:`~delve_fast.report.plot_heatmap`."""
+    import pandas as pd  # only when a heat map is drawn: import delve_fast stays light
+
     from delve_fast.report import Run, parse_column
 
     frame = pd.DataFrame.from_records(rows, index=epochs)
