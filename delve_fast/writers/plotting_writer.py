@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from delve_fast.stats import STATMAP
+from delve_fast.writers._atomic import atomic_path, remove_leftovers
 from delve_fast.writers.base import log
 from delve_fast.writers.csv_writer import CSVWriter
 
@@ -38,10 +39,11 @@ class CSVandPlottingWriter(CSVWriter):
     Files are named as delve names them:
     ``<savepath>_<stat>_<mode>_epoch_<epoch>.png``, where ``stat`` is the short
     key (``lsat``, ``idim``, ``det``, ``trc``, ``dtrc``), ``mode`` is ``train``
-    or ``eval`` and ``epoch`` is the CSV row index. Each plot shows the value of
+    or ``eval`` and ``epoch`` is the epoch (the CSV row index). Each plot shows the value of
     every layer, in forward-pass order, for the epoch just saved. With the
     ``embed`` stat, ``<savepath>_embed_<mode>_epoch_<epoch>.png`` scatters the
-    embedded samples of every layer.
+    embedded samples of every layer. Each PNG is drawn into a temporary file
+    beside it and then moved into place, so a crash never leaves half an image.
 
     Parameters
     ----------
@@ -76,6 +78,19 @@ class CSVandPlottingWriter(CSVWriter):
         self.figsize = figsize
         self.sample_value_dict: dict[str, Any] = {}
         self.written_plots: list[str] = []
+        folder, stem = os.path.split(self.savepath)
+        remove_leftovers(folder or ".", target=lambda name: name.startswith(stem + "_") and name.endswith(".png"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The CSV state plus the per-sample data waiting for this epoch's plot."""
+        state = super().state_dict()
+        state["samples"] = {k: np.array(v, copy=True) for k, v in self.sample_value_dict.items()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        super().load_state_dict(state)
+        self.sample_value_dict = {k: np.asarray(v, dtype=np.float64) for k, v in state.get("samples", {}).items()}
 
     def add_sample_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
         """Keep per-sample data (the ``embed`` coordinates) for the next plot."""
@@ -96,9 +111,7 @@ class CSVandPlottingWriter(CSVWriter):
     def save(self) -> None:
         """Write the CSV, then the plots of the row just closed."""
         super().save()
-        if not self._rows:
-            return
-        epoch = len(self._rows) - 1
+        epoch = self.epoch_counter - 1
         row = self._rows[-1]
         self.written_plots = []
         for stat in PLOTTED_STATS:
@@ -132,7 +145,8 @@ class CSVandPlottingWriter(CSVWriter):
             returned = self.plot_man_func(ax)
             if returned is not None and hasattr(returned, "figure"):
                 fig = returned.figure
-        fig.savefig(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         self.written_plots.append(path)
         log.info("saved plot %s", path)
 
