@@ -200,7 +200,7 @@ class CompositWriter(AbstractWriter):
         current = [type(w).__name__ for w in self.writers]
         if saved_types != current:
             raise ValueError(f"the state_dict was saved with writers {saved_types}, but this tracker has {current}")
-        for w, entry in zip(self.writers, saved):
+        for w, entry in zip(self.writers, saved, strict=True):
             w.load_state_dict(entry.get("state", {}))
 
     def add_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
