@@ -51,7 +51,7 @@ def _fsync_dir(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
+def atomic_path(path: str, fsync: bool = True) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``.
 
     The caller writes the complete file to the yielded path (for libraries
@@ -62,22 +62,28 @@ def atomic_path(path: str) -> Iterator[str]:
     ----------
     path : str
         Final location. Its folder must exist.
+    fsync : bool, default True
+        Force the file, and then the folder's entry, to disk. Without it the
+        result still survives a killed process (the kernel holds the data),
+        but not necessarily a power cut or an operating system crash.
     """
     folder, name = os.path.split(os.fspath(path))
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:  # the library closed it: reopen only to fsync
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp, "rb+") as fh:  # the library closed it: reopen only to fsync
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    _fsync_dir(folder)
+    if fsync:
+        _fsync_dir(folder)
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], object], fsync: bool = True) -> None:
     """Write a file crash-safely: ``write(fh)`` fills a binary temporary file, which then replaces ``path``.
 
     Parameters
@@ -86,15 +92,21 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], object]) -> None:
         Final location. Its folder must exist.
     write : callable
         Receives the open binary file handle and writes the whole content.
+    fsync : bool, default True
+        As for :func:`atomic_path`.
 
     Examples
     --------
     >>> atomic_write("counter.json", lambda fh: fh.write(b"{}"))  # doctest: +SKIP
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=False) as tmp:
         with open(tmp, "xb") as fh:
             write(fh)
             fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+    if fsync:
+        _fsync_dir(os.path.dirname(os.fspath(path)))
 
 
 def remove_leftovers(folder: str, target: Callable[[str], bool] | None = None, recursive: bool = False) -> list[str]:

@@ -56,6 +56,8 @@ class CSVandPlottingWriter(CSVWriter):
         Name of a scalar column to print on every plot (for example ``accuracy``).
     fontsize : int, default 16
     figsize : tuple of float, optional
+    fsync : bool, default True
+        As for :class:`CSVWriter`; applies to the PNGs too.
     **kwargs
         Ignored.
     """
@@ -67,9 +69,10 @@ class CSVandPlottingWriter(CSVWriter):
         primary_metric: str | None = None,
         fontsize: int = 16,
         figsize: tuple[float, float] | None = None,
+        fsync: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(savepath)
+        super().__init__(savepath, fsync=fsync)
         if plot_manipulation_func is not None and not callable(plot_manipulation_func):
             raise TypeError(f"plot_manipulation_func must be callable, got {type(plot_manipulation_func).__name__}")
         self.plot_man_func = plot_manipulation_func
@@ -145,7 +148,7 @@ class CSVandPlottingWriter(CSVWriter):
             returned = self.plot_man_func(ax)
             if returned is not None and hasattr(returned, "figure"):
                 fig = returned.figure
-        with atomic_path(path) as tmp:
+        with atomic_path(path, fsync=self.fsync) as tmp:
             fig.savefig(tmp, format="png")
         self.written_plots.append(path)
         log.info("saved plot %s", path)
