@@ -4,6 +4,13 @@ Usage::
 
     python train_target.py SAVEFILE EPOCHS INITIAL_EPOCH [--batches B] [--stop-after E:B --checkpoint PATH]
                                                           [--resume-from PATH] [--no-fsync]
+    python train_target.py --serve
+
+``--serve`` pays the interpreter start (importing torch takes seconds) once:
+it prints ``serving``, then reads one JSON argument list per line from stdin,
+forks a child that runs it, and prints ``exit <pid> <exit code>`` when the
+child ends (the exit code is negative for a signal). The parent never
+computes anything, so the children start from a clean torch (no thread pools).
 
 Every epoch feeds ``B`` train batches and one eval batch, each drawn from a
 generator seeded by (epoch, batch), so any process reproduces any epoch's
@@ -15,6 +22,8 @@ npy writers). ``ready`` is printed once the tracker is built.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import torch
@@ -28,7 +37,7 @@ def batch(epoch: int, index: int, rows: int = 24) -> torch.Tensor:
     return torch.randn(rows, 6, generator=gen, dtype=torch.float32)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("savefile")
     parser.add_argument("epochs", type=int)
@@ -38,7 +47,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--resume-from", default=None)
     parser.add_argument("--no-fsync", action="store_true", help="writer_args={'fsync': False}")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
@@ -57,7 +66,7 @@ def main() -> int:
         tracker.load_state_dict(state["tracker"])
         start_epoch, start_batch = state["epoch"], state["batch"]
     stop = tuple(int(v) for v in args.stop_after.split(":")) if args.stop_after else None
-    print("ready", flush=True)
+    print(f"ready {os.getpid()}", flush=True)
     with torch.no_grad():
         for epoch in range(start_epoch, args.epochs):
             model.train()
@@ -74,5 +83,29 @@ def main() -> int:
     return 0
 
 
+def serve() -> int:
+    # Imported once here, not in every child: the CSV writer needs pandas, and the hooks'
+    # torch.compiler.disable imports torch._dynamo (seconds), on a tracker that never runs.
+    import pandas  # noqa: F401
+
+    SaturationTracker("unused", save_to=[], modules=nn.Linear(1, 1), device="cpu", nosave=True).close()
+
+    print("serving", flush=True)
+    for line in sys.stdin:
+        argv = json.loads(line)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = main(argv)
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main())
