@@ -126,7 +126,7 @@ def _check_after_kill(savefile: Path, earlier: pd.DataFrame | None) -> pd.DataFr
     for name, by_epoch in files.items():
         assert set(range(committed)) <= set(by_epoch), f"{name} lacks committed epochs"
         assert counter.get(name, -1) == committed - 1
-        for epoch, path in by_epoch.items():
+        for path in by_epoch.values():
             stat = path.stat()
             if _VERIFIED.get(path) != (stat.st_ino, stat.st_mtime_ns):
                 np.load(path)  # every file loads, committed or not
@@ -258,6 +258,7 @@ class _FailingResume(CSVWriter):
         raise OSError("cannot read the saved state")
 
 
+@pytest.mark.filterwarnings("ignore:CSVWriter cannot resume:RuntimeWarning")
 @pytest.mark.parametrize("how", ["corrupt_counter", "writer_raises", "bad_save_to"])
 def test_constructor_failure_leaves_no_hook(tmp_path, how):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
