@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
@@ -92,6 +93,22 @@ def test_epoch_without_data_is_still_a_row(tmp_path):
     assert _plot_epochs(tmp_path) == [0, 2]
     if "tb" in save_to:
         assert [s for s, _ in _events(tmp_path / "run")[column]] == [0, 2]
+
+
+def test_epochs_with_no_column_at_all_are_rows(tmp_path):
+    """Nothing tracked, nothing logged: the CSV still has one (empty) row per epoch."""
+    with pytest.warns(RuntimeWarning, match="no layer to track"):
+        t = SaturationTracker(str(tmp_path / "run"), save_to="csv", modules=nn.ReLU(), device="cpu")
+    t.add_saturations()
+    t.add_saturations()
+    t.close()
+    assert list(pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0).index) == [0, 1]
+    t = SaturationTracker(str(tmp_path / "run"), save_to="csv", modules=nn.Linear(2, 2), device="cpu", initial_epoch=2)
+    t.add_scalar("loss", 1.0)
+    t.add_saturations()
+    t.close()
+    df = pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)
+    assert list(df.index) == [0, 1, 2] and df["loss"].isna().tolist() == [True, True, False]
 
 
 def test_resume_numbers_from_initial_epoch(tmp_path):

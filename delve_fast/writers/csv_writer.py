@@ -159,6 +159,9 @@ class CSVWriter(AbstractWriter):
         import pandas as pd
 
         rows = self._rows + ([self._open] if self._open else [])
+        if rows and not self._columns:
+            # from_records drops rows that have no column; the index alone keeps one row per epoch.
+            return pd.DataFrame(index=range(len(rows)))
         return pd.DataFrame.from_records(rows, columns=self._columns) if rows else pd.DataFrame(columns=self._columns)
 
     @property
