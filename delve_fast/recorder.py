@@ -8,7 +8,8 @@ output, and hand the batch back; the tracker itself keeps no counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -133,3 +134,48 @@ class LayerRecorder:
                 self.flatten_orders.pop((mode, name), None)
         for mode in S.MODES:
             self.seen_samples[mode] = {}
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue mid-epoch, as plain values and tensor copies.
+
+        Each layer's running statistics are its :class:`~delve_fast.state.CovarianceState`'s
+        own ``state_dict()`` (passed through whole, so fields it adds travel too),
+        plus the samples kept for ``embed``.
+        """
+        states: dict[str, dict[str, Any]] = {}
+        for mode in S.MODES:
+            states[mode] = {
+                name: {
+                    "state": cov.state.state_dict(),
+                    "saved_samples": None if cov.saved_samples is None else cov.saved_samples.detach().clone(),
+                }
+                for name, cov in self.logs[f"{mode}-{_COV}"].items()
+            }
+        return {
+            "states": states,
+            "seen_samples": {m: dict(v) for m, v in self.seen_samples.items()},
+            "forward_counts": {m: dict(v) for m, v in self.forward_counts.items()},
+            "flatten_orders": [[mode, name, order] for (mode, name), order in self.flatten_orders.items()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace every state and counter with :meth:`state_dict`'s output (layer names are checked by the caller)."""
+        for mode in S.MODES:
+            restored: dict[str, TorchCovarianceMatrix] = {}
+            for name, entry in state["states"].get(mode, {}).items():
+                cov = self._make_state(mode)
+                cov.state.load_state_dict(entry["state"])
+                samples = entry.get("saved_samples")
+                cov.saved_samples = None if samples is None else samples.to(cov.device, copy=True)
+                restored[name] = cov
+            # Mutate in place: the tracker exposes these dicts as delve's attributes.
+            self.logs[f"{mode}-{_COV}"].clear()
+            self.logs[f"{mode}-{_COV}"].update(restored)
+            self.seen_samples[mode].clear()
+            self.seen_samples[mode].update({str(k): int(v) for k, v in state["seen_samples"].get(mode, {}).items()})
+            self.forward_counts[mode] = {str(k): int(v) for k, v in state["forward_counts"].get(mode, {}).items()}
+        self.flatten_orders = {
+            (str(mode), str(name)): (str(order[0]), tuple(int(d) for d in order[1]))
+            for mode, name, order in state["flatten_orders"]
+        }

@@ -218,27 +218,30 @@ class SaturationTracker:
                 stacklevel=2,
             )
 
-        if self.nosave or not D.is_main_rank(self._group):
-            self.writer: AbstractWriter = CompositWriter([])
-        else:
-            writer_args["savepath"] = self.savefile
-            os.makedirs(self.savefile, exist_ok=True)
-            self.writer = V.make_writer(save_to, writer_args)
-            V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
-
+        self.writer: AbstractWriter = CompositWriter([])
         self._recorder = LayerRecorder(self._new_state, self.log_interval, self.max_samples)
         # delve's attribute names, shared with the recorder (user code reads them).
         self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
         self.epoch = self.initial_epoch
         self._warned_few_samples: set[tuple[str, str]] = set()  # (mode, layer) told n <= C, once each
-        for name, layer in self.layers.items():
-            self._hooks.append(
-                layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types)))
-            )
-            log.info("added layer %s", name)
-        if self.initial_epoch != 0:
-            self.writer.resume_from_saved_state(self.initial_epoch)
+        try:
+            # Only the main rank (every rank without torch.distributed) creates folders and files.
+            if not self.nosave and D.is_main_rank(self._group):
+                writer_args["savepath"] = self.savefile
+                os.makedirs(self.savefile, exist_ok=True)
+                self.writer = V.make_writer(save_to, writer_args)
+                V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
+            if self.initial_epoch != 0:
+                self.writer.resume_from_saved_state(self.initial_epoch)
+            # Hooks last: a constructor that fails must leave the model as it found it.
+            for name, layer in self.layers.items():
+                view = L.layer_view(layer, self._layer_types)
+                self._hooks.append(layer.register_forward_hook(self._make_hook(name, view)))
+                log.info("added layer %s", name)
+        except BaseException:
+            self.close()
+            raise
 
     def _new_state(self, mode: str) -> TorchCovarianceMatrix:
         return TorchCovarianceMatrix(
@@ -392,8 +395,45 @@ class SaturationTracker:
         self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types))))
 
     def save(self) -> None:
-        """Ask every writer to persist what it holds."""
+        """Close the epoch: every writer persists it, and :attr:`epoch` moves on.
+
+        :meth:`add_saturations` calls it; call it yourself only to close an
+        epoch without statistics.
+        """
         self.writer.save()
+        self.epoch += 1
+
+    # -------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run mid-epoch in another process.
+
+        Every layer's covariance state, the recording counters, the epoch and
+        the writers' in-memory state (for the CSV writer: every row, so the
+        CSV written after a restore is the one an uninterrupted run writes).
+        The dict holds plain values and tensor copies and can be passed to
+        :func:`torch.save`. See :mod:`delve_fast.checkpoint`.
+
+        Returns
+        -------
+        dict
+        """
+        from delve_fast.checkpoint import tracker_state_dict
+
+        return tracker_state_dict(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, into a tracker built with the same arguments.
+
+        Raises
+        ------
+        ValueError
+            If the dict is not a tracker state of a known version, or its
+            layers or writers differ from this tracker's (the message names
+            the differences).
+        """
+        from delve_fast.checkpoint import load_tracker_state_dict
+
+        load_tracker_state_dict(self, state_dict)
 
     def close(self) -> None:
         """Remove all hooks and close the writers. Safe to call twice."""
@@ -440,13 +480,17 @@ class SaturationTracker:
     def add_saturations(self, save: bool = True) -> dict[str, Any]:
         """Compute the statistics of this epoch, write them and reset.
 
-        Layers and modes that saw no data since the last call are skipped
-        (their CSV cells stay empty).
+        Every call with ``save=True`` closes exactly one epoch: one CSV row,
+        one npy file number, one plot number and one TensorBoard step, all
+        equal to :attr:`epoch`, even when no layer saw data (its cells are
+        empty, NaN). Layers and modes that saw no data are skipped.
 
         Parameters
         ----------
         save : bool, default True
-            Call the writers' ``save()`` (closes the CSV row, draws plots).
+            Close the epoch (:meth:`save`). With ``False`` the values are
+            handed to the writers but the epoch stays open: a later call's
+            values replace them (the last value of an epoch wins).
 
         Returns
         -------
@@ -460,6 +504,7 @@ class SaturationTracker:
                     print(f"{col}: {value}")
         layer_values = {k: v for k, v in values.items() if not k.startswith("average-")}
         if self.layerwise_sat and (layer_values or samples):
+            # global_step is informative only: the writers number epochs themselves, by their save() calls.
             self.writer.add_scalars(
                 prefix="", value_dict=layer_values, sample_value_dict=samples, global_step=self.epoch
             )
@@ -467,7 +512,6 @@ class SaturationTracker:
             if key.startswith("average-"):
                 self.writer.add_scalar(key, value, global_step=self.epoch)
         self._recorder.end_epoch(self.layers, self.reset_covariance)
-        self.epoch += 1
         if save:
             self.save()
         return values

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -57,19 +59,20 @@ def test_csv_layout(tmp_path):
     assert list(df.index) == [0, 1] and np.isnan(df.loc[1, "loss"])
 
 
-def test_csv_repeated_name_opens_a_new_row(tmp_path):
+def test_csv_repeated_name_keeps_the_last_value(tmp_path):
     w = CSVWriter(str(tmp_path / "run"))
     w.add_scalar("loss", 1.0)
     w.add_scalar("loss", 2.0)
     w.add_scalar("acc", 0.1)
     w.save()
+    w.save()  # an epoch with nothing added is still a row
     df = pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)
-    assert list(df["loss"]) == [1.0, 2.0]
-    assert np.isnan(df.loc[0, "acc"]) and df.loc[1, "acc"] == 0.1
-    assert w.value_dict["loss"] == [1.0, 2.0]
+    assert list(df.index) == [0, 1]
+    assert df.loc[0, "loss"] == 2.0 and df.loc[0, "acc"] == 0.1
+    assert np.isnan(df.loc[1, "loss"]) and np.isnan(df.loc[1, "acc"])
 
 
-def test_csv_resume_keeps_rows_and_missing_state_warns(tmp_path):
+def test_csv_resume_keeps_earlier_rows_and_missing_state_warns(tmp_path):
     w = CSVWriter(str(tmp_path / "run"))
     for v in (1.0, 2.0):
         w.add_scalar("a", v)
@@ -85,32 +88,86 @@ def test_csv_resume_keeps_rows_and_missing_state_warns(tmp_path):
         CSVWriter(str(tmp_path / "absent")).resume_from_saved_state(4)
 
 
+def test_csv_resume_row_index_is_the_epoch(tmp_path):
+    """Rows from initial_epoch on are dropped (they are recorded again); missing rows become empty."""
+    w = CSVWriter(str(tmp_path / "run"))
+    for v in (1.0, 2.0, 3.0):
+        w.add_scalar("a", v)
+        w.save()
+    shorter = CSVWriter(str(tmp_path / "run"))
+    shorter.resume_from_saved_state(1)
+    shorter.add_scalar("a", 9.0)
+    shorter.save()
+    assert list(pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)["a"]) == [1.0, 9.0]
+    longer = CSVWriter(str(tmp_path / "run"))
+    longer.resume_from_saved_state(4)
+    longer.add_scalar("a", 5.0)
+    longer.save()
+    df = pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)
+    assert list(df.index) == [0, 1, 2, 3, 4]
+    assert df["a"].iloc[[0, 1, 4]].tolist() == [1.0, 9.0, 5.0] and df["a"].iloc[2:4].isna().all()
+
+
 # ------------------------------------------------------------------- npy
 def test_npy_layout_and_resume(tmp_path):
     root = tmp_path / "run"
     w = NPYWriter(str(root))
     w.add_scalars("", {"train-covariance-matrix_x": np.eye(3), "train-saturation_x": 0.5})
     w.add_scalar("loss", 1.5)
-    w.add_scalar("loss", 1.25)
+    w.add_scalar("loss", 1.25)  # the last value of an epoch wins
+    assert not root.exists()  # nothing is written before save()
     w.save()
     assert np.array_equal(
         np.load(root / "_train-covariance-matrix_x" / "_train-covariance-matrix_x_epoch0.npy"), np.eye(3)
     )
     assert np.load(root / "_train-saturation_x" / "_train-saturation_x_epoch0.npy") == 0.5
-    assert np.load(root / "loss" / "loss_epoch1.npy") == 1.25
-    with open(root / "epoch_counter.pkl", "rb") as fh:
-        assert pickle.load(fh) == {"_train-covariance-matrix_x": 0, "_train-saturation_x": 0, "loss": 1}
+    assert np.load(root / "loss" / "loss_epoch0.npy") == 1.25
+    assert sorted(os.listdir(root / "loss")) == ["loss_epoch0.npy"]
+    record = json.loads((root / "epoch_counter.json").read_text())
+    assert record["epochs"] == 1
+    assert record["counter"] == {"_train-covariance-matrix_x": 0, "_train-saturation_x": 0, "loss": 0}
+    w.add_scalar("loss", 1.0)
+    w.save()
     w2 = NPYWriter(str(root))
-    w2.resume_from_saved_state(2)
-    w2.add_scalar("loss", 1.0)
-    assert np.load(root / "loss" / "loss_epoch2.npy") == 1.0
+    w2.resume_from_saved_state(1)  # epoch 1 is recorded again: its file goes
+    assert sorted(os.listdir(root / "loss")) == ["loss_epoch0.npy"]
+    assert json.loads((root / "epoch_counter.json").read_text())["epochs"] == 1
+    w2.add_scalar("loss", 0.5)
+    w2.save()
+    assert np.load(root / "loss" / "loss_epoch1.npy") == 0.5
+
+
+def test_npy_resume_reads_delve_pickle_counter(tmp_path):
+    root = tmp_path / "run"
+    (root / "loss").mkdir(parents=True)
+    for epoch in range(3):
+        np.save(root / "loss" / f"loss_epoch{epoch}.npy", np.float64(epoch))
+    with open(root / "epoch_counter.pkl", "wb") as fh:
+        pickle.dump({"loss": 2}, fh)
+    w = NPYWriter(str(root))
+    w.resume_from_saved_state(3)
+    w.add_scalar("loss", 3.0)
+    w.save()
+    assert sorted(os.listdir(root / "loss")) == [f"loss_epoch{k}.npy" for k in range(4)]
+    assert json.loads((root / "epoch_counter.json").read_text())["epochs"] == 4
+
+
+def test_npy_resume_with_an_empty_pickle_names_the_file(tmp_path):
+    """A 0-byte counter (what an interrupted pickle.dump leaves) raises a clear error, not EOFError."""
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "epoch_counter.pkl").write_bytes(b"")
+    with pytest.raises(ValueError, match="epoch_counter.pkl"):
+        NPYWriter(str(root)).resume_from_saved_state(1)
 
 
 def test_npy_zip(tmp_path):
     w = NPYWriter(str(tmp_path / "run"), zip=True)
     w.add_scalar("loss", 1.0)
     w.save()
-    assert (tmp_path / "run.zip").exists()
+    with zipfile.ZipFile(tmp_path / "run.zip") as archive:
+        assert sorted(archive.namelist()) == ["run/epoch_counter.json", "run/loss/loss_epoch0.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.zip"]
 
 
 # ----------------------------------------------------------------- print
@@ -118,10 +175,14 @@ def test_print_writer(capsys):
     w = PrintWriter(savepath="ignored")
     w.add_scalar("loss", 0.5)
     w.add_scalars("", {"train-saturation_a": 0.25, "train-covariance-matrix_a": np.eye(4)})
+    w.add_scalar("loss", 0.75)  # the last value of the epoch wins, at the first one's place
+    assert capsys.readouterr().out == ""
+    w.save()
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "loss : 0.5"
-    assert out[1] == "train-saturation_a : 0.25"
-    assert "(4, 4)" in out[2]
+    assert out[0] == "epoch 0"
+    assert out[1] == "loss : 0.75"
+    assert out[2] == "train-saturation_a : 0.25"
+    assert "(4, 4)" in out[3] and len(out) == 4
 
 
 # ----------------------------------------------------------- tensorboard
@@ -157,13 +218,17 @@ def test_tensorboard_resume_continues_steps(tmp_path):
     w = TensorBoardWriter(str(tmp_path / "tb"))
     w.resume_from_saved_state(5)
     w.add_scalar("a", 1.0)
-    w.add_scalar("a", 2.0)
-    w.add_scalars("", {"b": 3.0}, global_step=9)
+    w.add_scalar("a", 2.0)  # the last value of the epoch wins
+    w.add_scalars("", {"b": 3.0}, global_step=9)  # the step is the epoch, not the caller's number
     w.add_scalar("m", np.eye(2))  # not a scalar: skipped
+    w.save()
+    w.add_scalar("a", 4.0)
+    w.save()
+    w.add_scalar("a", 5.0)  # the epoch never closes: not written
     w.close()
     events = _events(tmp_path / "tb")
-    assert events["a"] == [(5, 1.0), (6, 2.0)]
-    assert events["b"] == [(9, 3.0)]
+    assert events["a"] == [(5, 2.0), (6, 4.0)]
+    assert events["b"] == [(5, 3.0)]
     assert "m" not in events
 
 

@@ -51,7 +51,39 @@ class AbstractWriter(ABC):
     called (once per :meth:`~delve_fast.SaturationTracker.add_saturations`).
     Subclass it to implement your own strategy and pass an instance as
     ``save_to``.
+
+    The built-in writers share one rule for epochs: every :meth:`save` closes
+    exactly one epoch, numbered from ``initial_epoch``; that number is the CSV
+    row, the npy file number, the plot number and the TensorBoard step. A name
+    added several times within one epoch keeps its **last** value.
     """
+
+    #: Where :class:`CompositWriter` saves this writer within one epoch: lower
+    #: first. The npy writer (-1) commits before the others and the CSV
+    #: writers (1) last, so the CSV never holds an epoch the npy folder lacks.
+    commit_order: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this writer holds in memory, for :meth:`SaturationTracker.state_dict`.
+
+        The default is an empty dict: a writer that keeps nothing between
+        :meth:`save` calls needs nothing to continue. Override it together
+        with :meth:`load_state_dict` when a writer accumulates state.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises
+        ------
+        NotImplementedError
+            If ``state`` is not empty: this writer does not say how to restore it.
+        """
+        if state:
+            raise NotImplementedError(
+                f"{type(self).__name__} returned a non-empty state_dict but does not implement load_state_dict"
+            )
 
     def _check_savestate_ok(self, savepath: str) -> bool:
         """Return whether a saved state exists at ``savepath``; warn if it does not.
@@ -159,6 +191,26 @@ class CompositWriter(AbstractWriter):
                     stacklevel=2,
                 )
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every writer's state, in order, with its type name (checked on load)."""
+        return {"writers": [{"type": type(w).__name__, "state": w.state_dict()} for w in self.writers]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore every writer's state.
+
+        Raises
+        ------
+        ValueError
+            If the saved writers are not the same types in the same order.
+        """
+        saved = list(state.get("writers", []))
+        saved_types = [entry.get("type") for entry in saved]
+        current = [type(w).__name__ for w in self.writers]
+        if saved_types != current:
+            raise ValueError(f"the state_dict was saved with writers {saved_types}, but this tracker has {current}")
+        for w, entry in zip(self.writers, saved, strict=True):
+            w.load_state_dict(entry.get("state", {}))
+
     def add_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
         """Forward to every writer."""
         for w in self.writers:
@@ -170,8 +222,8 @@ class CompositWriter(AbstractWriter):
             w.add_scalars(prefix, value_dict, **kwargs)
 
     def save(self) -> None:
-        """Save every writer."""
-        for w in self.writers:
+        """Save every writer, in :attr:`~AbstractWriter.commit_order` (the CSV last)."""
+        for w in sorted(self.writers, key=lambda writer: getattr(writer, "commit_order", 0)):
             w.save()
 
     def close(self) -> None:

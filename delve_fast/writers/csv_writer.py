@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from delve_fast.writers._atomic import atomic_path, remove_leftovers
 from delve_fast.writers.base import AbstractWriter, is_array_name, is_scalar_value, log
 
 if TYPE_CHECKING:  # pandas is imported when a table is first read or written, not with delve_fast
@@ -38,27 +39,43 @@ class CSVWriter(AbstractWriter):
 
     The file uses ``;`` as separator and an integer index column, exactly as
     delve's CSV writer does, so scripts reading delve's files read these too.
-    A row is closed by :meth:`save` (the tracker calls it once per
-    ``add_saturations()``), or when a name that the open row already holds is
-    added again. Columns that get no value in a row are written as empty
+    Each :meth:`save` (the tracker calls it once per ``add_saturations()``)
+    closes exactly one row, even an empty one, so the row index is the epoch.
+    A name added again within the same epoch replaces its value (the last
+    value wins). Columns that get no value in a row are written as empty
     (NaN) cells, so a scalar logged in some epochs only never breaks the table.
+
+    The file is rewritten whole at every :meth:`save`, into a temporary file
+    beside it that then replaces it atomically: after a crash the CSV holds
+    every row of the last completed save. Temporary files that a crash left
+    behind are removed when the writer is created.
 
     Parameters
     ----------
     savepath : str
         The file is ``savepath + '.csv'``.
+    fsync : bool, default True
+        Force every file to disk before it replaces the previous one (safe
+        against power cuts, not only killed processes). Each ``fsync`` costs
+        milliseconds on most disks; ``False`` keeps the files safe against a
+        killed process but not against an operating system crash.
     **kwargs
         Ignored (writers created from a string key all receive the same
         ``writer_args``).
     """
 
-    def __init__(self, savepath: str, **kwargs: Any) -> None:
+    commit_order = 1
+
+    def __init__(self, savepath: str, fsync: bool = True, **kwargs: Any) -> None:
         super().__init__()
         self.savepath = os.fspath(savepath)
+        self.fsync = bool(fsync)
         self.epoch_counter = 0
         self._columns: list[str] = []
         self._rows: list[dict[str, Any]] = []
         self._open: dict[str, Any] = {}
+        folder, name = os.path.split(self.csv_path)
+        remove_leftovers(folder or ".", target=lambda target: target == name)
 
     @property
     def csv_path(self) -> str:
@@ -67,37 +84,45 @@ class CSVWriter(AbstractWriter):
 
     # -- recording ---------------------------------------------------------
     def resume_from_saved_state(self, initial_epoch: int) -> None:
-        """Reload the rows of an earlier run's CSV so none is lost."""
-        self.epoch_counter = initial_epoch
+        """Reload the rows of an earlier run's CSV, as the first ``initial_epoch`` epochs.
+
+        Rows numbered ``initial_epoch`` or higher belong to epochs the resumed
+        run records again, so they are dropped; missing rows (a CSV shorter
+        than ``initial_epoch``) become empty rows, so the row index stays the
+        epoch. Either case is logged as a warning.
+        """
+        self.epoch_counter = int(initial_epoch)
+        self._open = {}
         if not self._check_savestate_ok(self.csv_path):
+            self._rows = [{} for _ in range(self.epoch_counter)]
             return
         import pandas as pd
 
         df = pd.read_csv(self.csv_path, sep=";", index_col=0)
         self._columns = [str(c) for c in df.columns]
-        self._rows = [
-            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        rows = [
+            {str(k): v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
             for row in df.to_dict("records")
         ]
-        self._open = {}
-        if len(self._rows) != initial_epoch:
-            log.info(
-                "resumed %s with %d rows while initial_epoch=%d; all rows are kept",
+        if len(rows) != initial_epoch:
+            log.warning(
+                "%s holds %d rows but the run resumes at initial_epoch=%d: %s",
                 self.csv_path,
-                len(self._rows),
+                len(rows),
                 initial_epoch,
+                "rows from that epoch on are dropped" if len(rows) > initial_epoch else "the missing rows are empty",
             )
+        self._rows = rows[: self.epoch_counter] + [{} for _ in range(self.epoch_counter - len(rows))]
 
     def add_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
-        """Put ``value`` in column ``name`` of the open row.
+        """Put ``value`` in column ``name`` of the open row (the last value of an epoch wins).
 
         Covariance matrices and other non-scalar values are skipped (only the
-        npy writer stores them).
+        npy writer stores them). ``global_step`` and other keywords are
+        ignored: the row is the epoch.
         """
         if is_array_name(name) or not is_scalar_value(value):
             return
-        if name in self._open:
-            self._close_row()
         if name not in self._columns:
             self._columns.append(name)
         self._open[name] = _to_cell(value)
@@ -108,9 +133,25 @@ class CSVWriter(AbstractWriter):
             self.add_scalar(name, value)
 
     def _close_row(self) -> None:
-        if self._open:
-            self._rows.append(self._open)
-            self._open = {}
+        self._rows.append(self._open)
+        self._open = {}
+
+    # -- checkpoint ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Columns, closed rows, the open row and the epoch: the CSV written after a restore is the same."""
+        return {
+            "epoch": self.epoch_counter,
+            "columns": list(self._columns),
+            "rows": [dict(row) for row in self._rows],
+            "open": dict(self._open),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the file is rewritten at the next :meth:`save`."""
+        self.epoch_counter = int(state["epoch"])
+        self._columns = [str(c) for c in state["columns"]]
+        self._rows = [dict(row) for row in state["rows"]]
+        self._open = dict(state["open"])
 
     # -- output ------------------------------------------------------------
     def to_dataframe(self) -> pd.DataFrame:
@@ -118,6 +159,9 @@ class CSVWriter(AbstractWriter):
         import pandas as pd
 
         rows = self._rows + ([self._open] if self._open else [])
+        if rows and not self._columns:
+            # from_records drops rows that have no column; the index alone keeps one row per epoch.
+            return pd.DataFrame(index=range(len(rows)))
         return pd.DataFrame.from_records(rows, columns=self._columns) if rows else pd.DataFrame(columns=self._columns)
 
     @property
@@ -126,21 +170,15 @@ class CSVWriter(AbstractWriter):
         return self.to_dataframe().to_dict("list")
 
     def save(self) -> None:
-        """Close the open row and rewrite the CSV file."""
+        """Close the epoch's row (empty if nothing was added) and rewrite the CSV file atomically."""
         self._close_row()
+        self.epoch_counter += 1
         folder = os.path.dirname(self.csv_path)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        # Write beside the file and swap it in: a crash mid-write must never
-        # leave a truncated CSV in place of the rows already saved.
-        tmp = f"{self.csv_path}.tmp-{os.getpid()}"
-        try:
-            self.to_dataframe().to_csv(tmp, sep=";")
-            os.replace(tmp, self.csv_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        self.epoch_counter += 1
+        table = self.to_dataframe()
+        with atomic_path(self.csv_path, fsync=self.fsync) as tmp:
+            table.to_csv(tmp, sep=";")
 
     def close(self) -> None:
         """Nothing to release; the file is complete after every :meth:`save`."""

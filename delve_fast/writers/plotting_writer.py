@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from delve_fast.stats import STATMAP, STATS
+from delve_fast.writers._atomic import atomic_path, remove_leftovers
 from delve_fast.writers.base import SPECTRUM_TAG, log
 from delve_fast.writers.csv_writer import CSVWriter
 
@@ -44,14 +45,16 @@ class CSVandPlottingWriter(CSVWriter):
     Files are named as delve names them:
     ``<savepath>_<stat>_<mode>_epoch_<epoch>.png``, where ``stat`` is the short
     key (``lsat``, ``idim``, ``det``, ``trc``, ``dtrc``), ``mode`` is ``train``
-    or ``eval`` and ``epoch`` is the CSV row index. Each plot shows the value of
+    or ``eval`` and ``epoch`` is the epoch (the CSV row index). Each plot shows the value of
     every layer, in forward-pass order, for the epoch just saved. With the
     ``embed`` stat, ``<savepath>_embed_<mode>_epoch_<epoch>.png`` scatters the
     embedded samples of every layer; with the ``spectrum`` stat,
     ``<savepath>_spectrum_<mode>_epoch_<epoch>.png`` draws every layer's
     normalised eigenvalues against their rank, log-log. With ``heatmaps``,
     :meth:`close` also draws ``<savepath>_<stat>_heatmap.png``: one stat for
-    every layer and epoch, train and eval side by side.
+    every layer and epoch, train and eval side by side. Each PNG is drawn into
+    a temporary file beside it and then moved into place, so a crash never
+    leaves half an image.
 
     Parameters
     ----------
@@ -68,6 +71,8 @@ class CSVandPlottingWriter(CSVWriter):
         Draw layers x epochs heat maps on :meth:`close` (or
         :meth:`plot_heatmaps`): True for every plotted stat that was
         recorded, or a list of stat keys (for example ``["lsat", "erank"]``).
+    fsync : bool, default True
+        As for :class:`CSVWriter`; applies to the PNGs too.
     **kwargs
         Ignored.
     """
@@ -80,9 +85,10 @@ class CSVandPlottingWriter(CSVWriter):
         fontsize: int = 16,
         figsize: tuple[float, float] | None = None,
         heatmaps: bool | Sequence[str] = False,
+        fsync: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(savepath)
+        super().__init__(savepath, fsync=fsync)
         if isinstance(heatmaps, str) or not isinstance(heatmaps, (bool, Sequence)):
             raise TypeError(f"heatmaps must be a bool or a list of stat keys, got {heatmaps!r}")
         if not isinstance(heatmaps, bool):
@@ -101,6 +107,19 @@ class CSVandPlottingWriter(CSVWriter):
         self.figsize = figsize
         self.sample_value_dict: dict[str, Any] = {}
         self.written_plots: list[str] = []
+        folder, stem = os.path.split(self.savepath)
+        remove_leftovers(folder or ".", target=lambda name: name.startswith(stem + "_") and name.endswith(".png"))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The CSV state plus the per-sample data waiting for this epoch's plot."""
+        state = super().state_dict()
+        state["samples"] = {k: np.array(v, copy=True) for k, v in self.sample_value_dict.items()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        super().load_state_dict(state)
+        self.sample_value_dict = {k: np.asarray(v, dtype=np.float64) for k, v in state.get("samples", {}).items()}
 
     def add_sample_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
         """Keep per-sample data (the ``embed`` coordinates) for the next plot."""
@@ -125,11 +144,11 @@ class CSVandPlottingWriter(CSVWriter):
         """Write the CSV, then the plots of the row just closed."""
         super().save()
         self.written_plots = []
-        if not self._rows and not self.spectra:
+        if not self._rows:
             return
-        # The CSV row index, as delve numbers plots; a run that records only spectra has no rows.
-        epoch = len(self._rows) - 1 if self._rows else self.epoch_counter - 1
-        row = self._rows[-1] if self._rows else {}
+        # Every epoch closes one row, so the epoch just saved is the last row's index.
+        epoch = self.epoch_counter - 1
+        row = self._rows[-1]
         for stat in PLOTTED_STATS:
             for mode in ("train", "eval"):
                 prefix = f"{mode}-{STATMAP[stat]}_"
@@ -207,7 +226,8 @@ class CSVandPlottingWriter(CSVWriter):
             value_range=(0.0, 1.0) if stat == "lsat" else None,
             integer=stat in INTEGER_STATS,
         )
-        fig.savefig(path, dpi=100)
+        with atomic_path(path, fsync=self.fsync) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         self.written_plots.append(path)
         log.info("saved plot %s", path)
 
@@ -231,7 +251,8 @@ class CSVandPlottingWriter(CSVWriter):
             returned = self.plot_man_func(ax)
             if returned is not None and hasattr(returned, "figure"):
                 fig = returned.figure
-        fig.savefig(path)
+        with atomic_path(path, fsync=self.fsync) as tmp:
+            fig.savefig(tmp, format="png")
         self.written_plots.append(path)
         log.info("saved plot %s", path)
 

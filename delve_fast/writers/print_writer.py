@@ -13,9 +13,13 @@ __all__ = ["PrintWriter"]
 
 
 class PrintWriter(AbstractWriter):
-    """Print ``name : value`` for every value, as delve's print writer does.
+    """Print ``name : value`` for every value of an epoch when it closes.
 
-    Matrices are summarised by their shape instead of printed in full.
+    Values are kept until :meth:`save` (once per ``add_saturations()``),
+    which prints ``epoch <k>`` and then each name once with its last value,
+    in the order the names were first added: the same values, under the same
+    epoch number, as the other writers store. Matrices are summarised by
+    their shape instead of printed in full.
 
     Parameters
     ----------
@@ -25,24 +29,42 @@ class PrintWriter(AbstractWriter):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
+        self._epoch = 0
+        self._pending: dict[str, Any] = {}
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
-        """Nothing to resume."""
+        """Number epochs from ``initial_epoch``."""
+        self._epoch = int(initial_epoch)
+        self._pending = {}
 
     def add_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
-        """Print one value."""
+        """Keep one value for this epoch's printout (the last value wins)."""
         shape = getattr(value, "shape", None)
         if shape is not None and int(np.prod(shape)) > 1:
             value = f"<{type(value).__name__} of shape {tuple(shape)}>"
-        print(name, ":", value)
+        self._pending[name] = value
 
     def add_scalars(self, prefix: str, value_dict: Mapping[str, Any], **kwargs: Any) -> None:
-        """Print each value, named ``prefix + '_' + key`` (``key`` alone if ``prefix`` is empty)."""
+        """Keep each value, named ``prefix + '_' + key`` (``key`` alone if ``prefix`` is empty)."""
         for key, value in value_dict.items():
             self.add_scalar(f"{prefix}_{key}" if prefix else key, value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The open epoch and its values."""
+        return {"epoch": self._epoch, "pending": dict(self._pending)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self._epoch = int(state["epoch"])
+        self._pending = dict(state["pending"])
+
     def save(self) -> None:
-        """Nothing to save."""
+        """Print the epoch number and its values."""
+        print(f"epoch {self._epoch}")
+        for name, value in self._pending.items():
+            print(name, ":", value)
+        self._pending = {}
+        self._epoch += 1
 
     def close(self) -> None:
         """Nothing to release."""
