@@ -63,8 +63,9 @@ struct SolverParams {
   SolverParams& operator=(const SolverParams&) = delete;
 };
 
-// Eigenvalues (ascending) of the (B, n, n) stack `a`, which is overwritten. The
-// matrices are symmetric, so reading them column-major changes nothing. info
+// Eigenvalues (ascending) of the (B, n, n) stack `a`, which is overwritten.
+// cuSOLVER reads column-major, so its upper triangle is our (row-major) lower
+// one: like torch.linalg.eigvalsh, only the lower triangle is read. info
 // receives one status per matrix, on the device; nothing here waits for it.
 at::Tensor syev_batched(at::Tensor a, const at::Tensor& info) {
   const int64_t batch = a.size(0), n = a.size(1);
@@ -75,7 +76,7 @@ at::Tensor syev_batched(at::Tensor a, const at::Tensor& info) {
   const SolverParams params;
   size_t device_bytes = 0, host_bytes = 0;
   TORCH_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR,
-                                                         CUBLAS_FILL_MODE_LOWER, n, type, a.data_ptr(), n, type,
+                                                         CUBLAS_FILL_MODE_UPPER, n, type, a.data_ptr(), n, type,
                                                          w.data_ptr(), type, &device_bytes, &host_bytes, batch));
   // Device workspace from the caching allocator (stream-ordered, reused across
   // calls); the host one is kept per thread and only grows, so repeated calls
@@ -83,7 +84,7 @@ at::Tensor syev_batched(at::Tensor a, const at::Tensor& info) {
   at::Tensor work = at::empty({static_cast<int64_t>(device_bytes)}, a.options().dtype(at::kByte));
   thread_local std::vector<unsigned char> host_work;
   if (host_work.size() < host_bytes) host_work.resize(host_bytes);
-  TORCH_CUSOLVER_CHECK(cusolverDnXsyevBatched(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_LOWER, n,
+  TORCH_CUSOLVER_CHECK(cusolverDnXsyevBatched(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, n,
                                               type, a.data_ptr(), n, type, w.data_ptr(), type, work.data_ptr(),
                                               device_bytes, host_bytes ? host_work.data() : nullptr, host_bytes,
                                               info.data_ptr<int>(), batch));
