@@ -114,10 +114,12 @@ cuda-build: $(CUDA_VENV)/.deps_installed
 	  && so=$$(ls $$chk/delve_fast/_C*.so) && echo "cuda-build: $$whl contains $${so#$$chk/}" \
 	  && nm -D --defined-only $$so | grep -q PyInit__C \
 	  && nm -D --undefined-only $$so | grep -q cudaLaunchKernel \
-	  && LD_LIBRARY_PATH=$$site/torch/lib ldd $$so > $$chk/ldd.txt \
+	  && LD_LIBRARY_PATH=$$site/torch/lib$$(for d in $$site/nvidia/*/lib; do printf ':%s' $$d; done) ldd $$so > $$chk/ldd.txt \
 	  && grep -E 'libcudart|libc10_cuda|libtorch_cuda' $$chk/ldd.txt \
 	  && ! grep 'not found' $$chk/ldd.txt \
-	  && echo "cuda-build: _C exports PyInit__C, calls cudaLaunchKernel, and every library it needs resolves"
+	  && echo "cuda-build: _C exports PyInit__C, calls cudaLaunchKernel, and every library it needs resolves" \
+	  && readelf -d $$so | grep -E 'RUNPATH|RPATH'
+	@# (ldd is given the folders that the RUNPATH above reaches once the wheel is installed.)
 	@# Import the built extension itself (the package's Python deps are not in $(CUDA_VENV)).
 	@# A CUDA torch imports without a GPU or driver; kernels are registered at load time.
 	cd $(CUDA_BUILD_DIR)/wheel-check && $(CURDIR)/$(CUDA_PY) -c "import glob, importlib.util, torch; \

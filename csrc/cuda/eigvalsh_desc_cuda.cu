@@ -15,20 +15,23 @@
 // "torch" never. Without the batched solver in the build, all three use torch.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <dlfcn.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "delve_fast.h"
 
-#if defined(DELVE_FAST_WITH_CUSOLVER) && defined(CUSOLVER_VERSION) && CUSOLVER_VERSION >= 11701
-// cusolverDnXsyevBatched first shipped with cuSOLVER 11.7.1 (CUDA 12.6 update 2).
+// cusolverDnXsyevBatched first shipped with cuSOLVER 11.7.1 (CUDA 12.6 update 2). The
+// header (which ATen includes) gives its declaration; the library is opened at run time.
+#if defined(CUSOLVER_VERSION) && CUSOLVER_VERSION >= 11701
 #define DELVE_FAST_HAVE_SYEV_BATCHED 1
 #endif
 
@@ -53,11 +56,78 @@ EigSolver solver_from_env() {
 }
 
 #ifdef DELVE_FAST_HAVE_SYEV_BATCHED
+// cuSOLVER, opened with dlopen on first use rather than linked: torch keeps
+// its own cuSOLVER handle in a lazily loaded library whose symbols an
+// extension cannot rely on, importing delve_fast should not load cuSOLVER, and
+// a cuSOLVER that lacks the batched solver must mean a fallback, not an
+// import error. The soname is the one of the header we were compiled with; a
+// copy that torch already loaded is found by that name.
+struct Cusolver {
+  decltype(&cusolverDnCreate) create = nullptr;
+  decltype(&cusolverDnSetStream) set_stream = nullptr;
+  decltype(&cusolverDnCreateParams) create_params = nullptr;
+  decltype(&cusolverDnDestroyParams) destroy_params = nullptr;
+  decltype(&cusolverDnXsyevBatched_bufferSize) buffer_size = nullptr;
+  decltype(&cusolverDnXsyevBatched) syev_batched = nullptr;
+  std::string error;  // why it is unavailable; empty when every symbol was found
+};
+
+// Our own status check: ATen's TORCH_CUSOLVER_CHECK names helpers whose home
+// library has moved between torch releases.
+#define DELVE_FAST_CUSOLVER_CHECK(EXPR)                                                                           \
+  do {                                                                                                            \
+    const cusolverStatus_t status_ = (EXPR);                                                                      \
+    TORCH_CHECK(status_ == CUSOLVER_STATUS_SUCCESS, "eigvalsh_desc: cuSOLVER status ", static_cast<int>(status_), \
+                " from " #EXPR, "; DELVE_FAST_CUDA_EIG=torch avoids this solver");                                \
+  } while (0)
+
+template <typename Fn>
+bool load_symbol(void* lib, const char* name, Fn& fn, std::string& error) {
+  fn = reinterpret_cast<Fn>(dlsym(lib, name));
+  if (!fn && error.empty()) error = std::string("symbol ") + name + " not found";
+  return fn != nullptr;
+}
+
+const Cusolver& cusolver() {
+  static const Cusolver lib = [] {
+    Cusolver c;
+    const std::string soname = "libcusolver.so." + std::to_string(CUSOLVER_VER_MAJOR);
+    void* h = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      const char* why = dlerror();
+      c.error = "cannot open " + soname + (why ? std::string(": ") + why : std::string());
+      return c;
+    }
+    load_symbol(h, "cusolverDnCreate", c.create, c.error);
+    load_symbol(h, "cusolverDnSetStream", c.set_stream, c.error);
+    load_symbol(h, "cusolverDnCreateParams", c.create_params, c.error);
+    load_symbol(h, "cusolverDnDestroyParams", c.destroy_params, c.error);
+    load_symbol(h, "cusolverDnXsyevBatched_bufferSize", c.buffer_size, c.error);
+    load_symbol(h, "cusolverDnXsyevBatched", c.syev_batched, c.error);
+    return c;  // the library stays open for the life of the process
+  }();
+  return lib;
+}
+
+// One handle per (thread, device), made on first use. Handles are never
+// destroyed: destroying them at thread or process exit can run after the CUDA
+// context is gone; there is one per thread that solves eigenvalues.
+cusolverDnHandle_t solver_handle(const Cusolver& lib, int device) {
+  thread_local std::unordered_map<int, cusolverDnHandle_t> handles;
+  auto it = handles.find(device);
+  if (it != handles.end()) return it->second;
+  cusolverDnHandle_t h = nullptr;
+  DELVE_FAST_CUSOLVER_CHECK(lib.create(&h));
+  handles.emplace(device, h);
+  return h;
+}
+
 struct SolverParams {
+  const Cusolver& lib;
   cusolverDnParams_t p = nullptr;
-  SolverParams() { TORCH_CUSOLVER_CHECK(cusolverDnCreateParams(&p)); }
+  explicit SolverParams(const Cusolver& l) : lib(l) { DELVE_FAST_CUSOLVER_CHECK(lib.create_params(&p)); }
   ~SolverParams() {
-    if (p) cusolverDnDestroyParams(p);
+    if (p) lib.destroy_params(p);
   }
   SolverParams(const SolverParams&) = delete;
   SolverParams& operator=(const SolverParams&) = delete;
@@ -67,36 +137,51 @@ struct SolverParams {
 // cuSOLVER reads column-major, so its upper triangle is our (row-major) lower
 // one: like torch.linalg.eigvalsh, only the lower triangle is read. info
 // receives one status per matrix, on the device; nothing here waits for it.
-at::Tensor syev_batched(at::Tensor a, const at::Tensor& info) {
+at::Tensor syev_batched(const Cusolver& lib, at::Tensor a, const at::Tensor& info) {
   const int64_t batch = a.size(0), n = a.size(1);
   const cudaDataType type = a.scalar_type() == at::kDouble ? CUDA_R_64F : CUDA_R_32F;
   at::Tensor w = at::empty({batch, n}, a.options());
-  cusolverDnHandle_t handle = at::cuda::getCurrentCUDASolverDnHandle();
-  TORCH_CUSOLVER_CHECK(cusolverDnSetStream(handle, at::cuda::getCurrentCUDAStream()));
-  const SolverParams params;
+  cusolverDnHandle_t handle = solver_handle(lib, a.get_device());
+  DELVE_FAST_CUSOLVER_CHECK(lib.set_stream(handle, at::cuda::getCurrentCUDAStream()));
+  const SolverParams params(lib);
   size_t device_bytes = 0, host_bytes = 0;
-  TORCH_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR,
-                                                         CUBLAS_FILL_MODE_UPPER, n, type, a.data_ptr(), n, type,
-                                                         w.data_ptr(), type, &device_bytes, &host_bytes, batch));
+  DELVE_FAST_CUSOLVER_CHECK(lib.buffer_size(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, n,
+                                            type, a.data_ptr(), n, type, w.data_ptr(), type, &device_bytes, &host_bytes,
+                                            batch));
   // Device workspace from the caching allocator (stream-ordered, reused across
   // calls); the host one is kept per thread and only grows, so repeated calls
   // allocate nothing on the host.
   at::Tensor work = at::empty({static_cast<int64_t>(device_bytes)}, a.options().dtype(at::kByte));
   thread_local std::vector<unsigned char> host_work;
   if (host_work.size() < host_bytes) host_work.resize(host_bytes);
-  TORCH_CUSOLVER_CHECK(cusolverDnXsyevBatched(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, n,
-                                              type, a.data_ptr(), n, type, w.data_ptr(), type, work.data_ptr(),
-                                              device_bytes, host_bytes ? host_work.data() : nullptr, host_bytes,
-                                              info.data_ptr<int>(), batch));
+  DELVE_FAST_CUSOLVER_CHECK(lib.syev_batched(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, n,
+                                             type, a.data_ptr(), n, type, w.data_ptr(), type, work.data_ptr(),
+                                             device_bytes, host_bytes ? host_work.data() : nullptr, host_bytes,
+                                             info.data_ptr<int>(), batch));
   return w;
 }
 #endif
 
-bool use_batched(EigSolver solver, int64_t n, size_t count) {
+// Whether the batched solver can run here; `why` says why not.
+bool batched_available(std::string& why) {
 #ifdef DELVE_FAST_HAVE_SYEV_BATCHED
-  if (solver == EigSolver::kBatched) return true;
-  if (solver == EigSolver::kAuto) return count >= 2 && n > kTorchBatchedMaxN && n <= kBatchedMaxN;
+  why = cusolver().error;
+  return why.empty();
+#else
+  why = "this build's cuSOLVER headers predate cusolverDnXsyevBatched (cuSOLVER 11.7.1)";
+  return false;
 #endif
+}
+
+// auto falls back to torch's solver where the batched one is unavailable;
+// an explicit DELVE_FAST_CUDA_EIG=batched makes that an error instead.
+bool use_batched(EigSolver solver, int64_t n, size_t count) {
+  if (solver == EigSolver::kTorch) return false;
+  if (solver == EigSolver::kAuto && !(count >= 2 && n > kTorchBatchedMaxN && n <= kBatchedMaxN)) return false;
+  std::string why;
+  if (batched_available(why)) return true;
+  TORCH_CHECK(solver == EigSolver::kAuto, "eigvalsh_desc: DELVE_FAST_CUDA_EIG=batched, but the batched solver is ",
+              "unavailable: ", why, "; use auto or torch");
   return false;
 }
 
@@ -136,7 +221,7 @@ std::vector<at::Tensor> eigvalsh_desc_cuda(at::TensorList covs) {
 #ifdef DELVE_FAST_HAVE_SYEV_BATCHED
     if (use_batched(solver, n, idx.size())) {
       at::Tensor info = at::zeros({static_cast<int64_t>(idx.size())}, stack.options().dtype(at::kInt));
-      vals = syev_batched(stack, info);
+      vals = syev_batched(cusolver(), stack, info);
       pending.emplace_back(info, &idx);
     }
 #endif
