@@ -19,6 +19,8 @@
 #include <dlfcn.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -133,16 +135,19 @@ struct SolverParams {
   SolverParams& operator=(const SolverParams&) = delete;
 };
 
+// The solver's current limit: n * lda * batch <= INT32_MAX per call.
+constexpr int64_t kSyevBatchedMaxElems = INT32_MAX;
+
+// Whether one n x n matrix fits the solver's size limit at all.
+bool syev_batched_fits(int64_t n) { return n * n <= kSyevBatchedMaxElems; }
+
 // Eigenvalues (ascending) of the (B, n, n) stack `a`, which is overwritten.
 // cuSOLVER reads column-major, so its upper triangle is our (row-major) lower
 // one: like torch.linalg.eigvalsh, only the lower triangle is read. info
 // receives one status per matrix, on the device; nothing here waits for it.
-at::Tensor syev_batched(const Cusolver& lib, at::Tensor a, const at::Tensor& info) {
+void syev_batched_call(const Cusolver& lib, cusolverDnHandle_t handle, at::Tensor a, at::Tensor w, at::Tensor info) {
   const int64_t batch = a.size(0), n = a.size(1);
   const cudaDataType type = a.scalar_type() == at::kDouble ? CUDA_R_64F : CUDA_R_32F;
-  at::Tensor w = at::empty({batch, n}, a.options());
-  cusolverDnHandle_t handle = solver_handle(lib, a.get_device());
-  DELVE_FAST_CUSOLVER_CHECK(lib.set_stream(handle, at::cuda::getCurrentCUDAStream()));
   const SolverParams params(lib);
   size_t device_bytes = 0, host_bytes = 0;
   DELVE_FAST_CUSOLVER_CHECK(lib.buffer_size(handle, params.p, CUSOLVER_EIG_MODE_NOVECTOR, CUBLAS_FILL_MODE_UPPER, n,
@@ -158,6 +163,19 @@ at::Tensor syev_batched(const Cusolver& lib, at::Tensor a, const at::Tensor& inf
                                              type, a.data_ptr(), n, type, w.data_ptr(), type, work.data_ptr(),
                                              device_bytes, host_bytes ? host_work.data() : nullptr, host_bytes,
                                              info.data_ptr<int>(), batch));
+}
+
+// syev_batched_call over the whole stack, at most INT32_MAX / n^2 matrices per call.
+at::Tensor syev_batched(const Cusolver& lib, const at::Tensor& a, const at::Tensor& info) {
+  const int64_t batch = a.size(0), n = a.size(1);
+  at::Tensor w = at::empty({batch, n}, a.options());
+  cusolverDnHandle_t handle = solver_handle(lib, a.get_device());
+  DELVE_FAST_CUSOLVER_CHECK(lib.set_stream(handle, at::cuda::getCurrentCUDAStream()));
+  const int64_t run = std::max<int64_t>(1, kSyevBatchedMaxElems / (n * n));
+  for (int64_t b0 = 0; b0 < batch; b0 += run) {
+    const int64_t len = std::min(run, batch - b0);
+    syev_batched_call(lib, handle, a.narrow(0, b0, len), w.narrow(0, b0, len), info.narrow(0, b0, len));
+  }
   return w;
 }
 #endif
@@ -177,6 +195,9 @@ bool batched_available(std::string& why) {
 // an explicit DELVE_FAST_CUDA_EIG=batched makes that an error instead.
 bool use_batched(EigSolver solver, int64_t n, size_t count) {
   if (solver == EigSolver::kTorch) return false;
+#ifdef DELVE_FAST_HAVE_SYEV_BATCHED
+  if (!syev_batched_fits(n)) return false;  // above 46340 x 46340: torch's solver, under any choice
+#endif
   if (solver == EigSolver::kAuto && !(count >= 2 && n > kTorchBatchedMaxN && n <= kBatchedMaxN)) return false;
   std::string why;
   if (batched_available(why)) return true;
