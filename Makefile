@@ -12,7 +12,7 @@ CSRC := $(shell find csrc build_backend -type f) CMakeLists.txt pyproject.toml
 PY_SRC := delve_fast tests benchmarks build_backend
 DIST ?= dist
 
-.PHONY: install test demo bench format lint clean cuda-build wheel
+.PHONY: install test demo bench format lint clean cuda-build cuda-wheel cuda-archs gpu-check wheel
 
 install: $(VENV)/.delve_fast_installed
 
@@ -87,8 +87,9 @@ wheel: $(VENV)/.torch_installed
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_HOME ?= /usr/local/cuda
-# sm_80 (A100) and sm_90 (H100/H200) SASS, plus sm_90 PTX that newer GPUs JIT-compile.
-TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
+# Machine code for sm_80 (A100), sm_86 (A10, RTX 30xx), sm_89 (L4, L40, RTX 40xx) and
+# sm_90 (H100/H200), plus sm_90 PTX that newer GPUs JIT-compile at load time.
+TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0+PTX
 CUDA_BUILD_DIR ?= build/cuda
 CUDA_DIST ?= dist/cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
@@ -101,6 +102,9 @@ $(CUDA_VENV)/.deps_installed:
 	$(CUDA_PY) -m pip install --quiet "$(CUDA_TORCH_SPEC)" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=4" numpy
 	$(CUDA_PY) -c "import torch; assert torch.version.cuda, 'torch in $(CUDA_VENV) is a CPU build'; print('cuda-build: torch', torch.__version__, 'CUDA', torch.version.cuda)"
 	touch $@
+
+# The CUDA wheel (same as cuda-wheel) in $(CUDA_DIST); see docs/building-wheels.md.
+cuda-wheel: cuda-build
 
 cuda-build: $(CUDA_VENV)/.deps_installed
 	rm -f $(CUDA_DIST)/delve_fast-*.whl
@@ -119,10 +123,12 @@ cuda-build: $(CUDA_VENV)/.deps_installed
 	  && so=$$(ls $$chk/delve_fast/_C*.so) && echo "cuda-build: $$whl contains $${so#$$chk/}" \
 	  && nm -D --defined-only $$so | grep -q PyInit__C \
 	  && nm -D --undefined-only $$so | grep -q cudaLaunchKernel \
-	  && LD_LIBRARY_PATH=$$site/torch/lib ldd $$so > $$chk/ldd.txt \
+	  && LD_LIBRARY_PATH=$$site/torch/lib$$(for d in $$site/nvidia/*/lib; do printf ':%s' $$d; done) ldd $$so > $$chk/ldd.txt \
 	  && grep -E 'libcudart|libc10_cuda|libtorch_cuda' $$chk/ldd.txt \
 	  && ! grep 'not found' $$chk/ldd.txt \
-	  && echo "cuda-build: _C exports PyInit__C, calls cudaLaunchKernel, and every library it needs resolves"
+	  && echo "cuda-build: _C exports PyInit__C, calls cudaLaunchKernel, and every library it needs resolves" \
+	  && readelf -d $$so | grep -E 'RUNPATH|RPATH'
+	@# (ldd is given the folders that the RUNPATH above reaches once the wheel is installed.)
 	@# Import the built extension itself (the package's Python deps are not in $(CUDA_VENV)).
 	@# A CUDA torch imports without a GPU or driver; kernels are registered at load time.
 	cd $(CUDA_BUILD_DIR)/wheel-check && $(CURDIR)/$(CUDA_PY) -c "import glob, importlib.util, torch; \
@@ -132,3 +138,23 @@ cuda-build: $(CUDA_VENV)/.deps_installed
 	assert info['cuda'] is True, info; \
 	assert all(torch._C._dispatch_has_kernel_for_dispatch_key('delve_fast::' + op, 'CUDA') for op in ('cov_update_', 'eigvalsh_desc')), 'no CUDA kernel registered'; \
 	print('cuda-build: OK, CUDA kernels registered; torch.cuda.is_available() =', torch.cuda.is_available())"
+
+# Which GPU architectures the built CUDA extension holds code for: cuobjdump --list-elf
+# (NVIDIA's nvidia-cuda-cuobjdump package; the toolkit here has none) must list every
+# sm_XX in CUDA_REQUIRED_ARCHS.
+CUDA_REQUIRED_ARCHS ?= sm_80 sm_90
+cuda-archs: $(CUDA_VENV)/.deps_installed
+	$(CUDA_PY) -m pip install --quiet "nvidia-cuda-cuobjdump>=13,<14"
+	@site=$(CUDA_SITE); objdump=$$(find $$site/nvidia -type f -name cuobjdump | head -1); \
+	so=$$(ls $(CUDA_BUILD_DIR)/wheel-check/delve_fast/_C*.so); \
+	test -x "$$objdump" || { echo "cuda-archs: no cuobjdump in $$site/nvidia"; exit 1; }; \
+	$$objdump --list-elf $$so | tee $(CUDA_BUILD_DIR)/wheel-check/elf.txt; \
+	$$objdump --list-ptx $$so | tee $(CUDA_BUILD_DIR)/wheel-check/ptx.txt || true; \
+	for arch in $(CUDA_REQUIRED_ARCHS); do \
+	  grep -q "\.$$arch\." $(CUDA_BUILD_DIR)/wheel-check/elf.txt || { echo "cuda-archs: no $$arch code in $$so"; exit 1; }; \
+	done; echo "cuda-archs: $$so holds machine code for $(CUDA_REQUIRED_ARCHS)"
+
+# The device check: build against the CUDA torch of this machine, run every GPU test,
+# the rest of the suite and a short GPU benchmark; report in runs/gpu-check/ (or $$OUT).
+gpu-check:
+	bash .ci/gpu_check.sh

@@ -10,8 +10,10 @@
 //      Gram matrix and one split of the samples; it casts 32-sample slabs to
 //      float64 in shared memory, subtracts the shift and accumulates the
 //      shifted outer products with fp64 FMAs. Diagonal tiles also sum the
-//      shifted features. Each split writes its own partial buffer (no atomics),
-//      so the result is deterministic run to run.
+//      shifted features. With one split the tiles accumulate straight into
+//      m2; otherwise each split writes its own packed partial (upper tiles
+//      only, no atomics), so the result is deterministic run to run. The plan
+//      and the workspace bound are in split_plan.h (tested on the CPU).
 //   3. batch_vectors_kernel: d = shifted batch mean, delta = batch mean - mean.
 //   4. merge_kernel: m2 += sum of partials + w delta delta^T - k d d^T on the
 //      upper triangle, mirrored to the lower one through a shared-memory
@@ -26,24 +28,22 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/split_plan.h"
 #include "delve_fast.h"
 
 namespace delve_fast {
 namespace {
 
-// Gram tile: kTile x kTile features, kTileK samples per shared-memory slab.
-constexpr int kTile = 64;
-constexpr int kTileK = 32;
+using split_plan::kTile;
+using split_plan::kTileK;
+using split_plan::partial_offset;
+using split_plan::upper_tile;
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 constexpr int kMicro = 4;
 constexpr int kThreadsSide = kTile / kMicro;  // 16
 // Merge kernel tile.
 constexpr int kMergeTile = 32;
 constexpr int kMergeRows = 8;
-// Cap on the split-K partial buffers, in bytes.
-constexpr int64_t kPartialBytes = int64_t{256} << 20;
-// Smallest number of samples one split is worth.
-constexpr int64_t kMinSplitSamples = 512;
 
 struct Geometry {
   int64_t c;           // features
@@ -64,16 +64,6 @@ __global__ void shift_kernel(const scalar_t* __restrict__ x, Geometry g, int64_t
   double acc = 0.0;
   for (int64_t i = 0; i < m; ++i) acc += static_cast<double>(x[sample_offset(g, i) + ch * g.sc]);
   shift[ch] = acc / static_cast<double>(m);
-}
-
-// Upper-triangle tile t (row-major over the triangle of ntile x ntile tiles).
-__device__ __forceinline__ void upper_tile(int64_t t, int64_t ntile, int64_t& bi, int64_t& bj) {
-  bi = 0;
-  while (t >= ntile - bi) {
-    t -= ntile - bi;
-    ++bi;
-  }
-  bj = bi + t;
 }
 
 // kSamplesFast: consecutive threads read consecutive samples of one feature
@@ -99,7 +89,7 @@ __device__ __forceinline__ void load_slab(const scalar_t* __restrict__ x, const 
 template <typename scalar_t, bool kSamplesFast>
 __global__ void __launch_bounds__(kThreads)
     syrk_tiles_kernel(const scalar_t* __restrict__ x, Geometry g, const double* __restrict__ shift, int64_t ntile,
-                      int64_t chunk, double* __restrict__ part, double* __restrict__ psums) {
+                      int64_t chunk, bool direct, double* __restrict__ out, double* __restrict__ psums) {
   __shared__ double as[kTileK][kTile + 1];
   __shared__ double bs[kTileK][kTile + 1];
   __shared__ double sha[kTile], shb[kTile];
@@ -150,9 +140,9 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // Partial p: rows ci.., columns cj... Diagonal tiles also write their strict
-  // lower half; the merge kernel reads the upper triangle only.
-  double* out = part + p * g.c * g.c;
+  // direct (one split): out is m2, and each of its upper elements belongs to
+  // exactly one block. Otherwise out is the packed partials; diagonal tiles
+  // also write their strict lower half there, which the merge never reads.
 #pragma unroll
   for (int a = 0; a < kMicro; ++a) {
     const int64_t i = ci + ty + kThreadsSide * a;
@@ -160,7 +150,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int b = 0; b < kMicro; ++b) {
       const int64_t j = cj + tx + kThreadsSide * b;
-      if (j < g.c) out[i * g.c + j] = acc[a][b];
+      if (j >= g.c) continue;
+      if (direct) {
+        if (i <= j) out[i * g.c + j] += acc[a][b];
+      } else {
+        out[partial_offset(p, i, j, ntile)] = acc[a][b];
+      }
     }
   }
   if (diag && tid < kTile && ci + tid < g.c) psums[p * g.c + ci + tid] = colsum;
@@ -182,7 +177,7 @@ __global__ void batch_vectors_kernel(const double* __restrict__ psums, int64_t n
 
 __global__ void __launch_bounds__(kMergeTile* kMergeRows)
     merge_kernel(double* __restrict__ m2, double* __restrict__ mean, const double* __restrict__ part, int64_t nsplit,
-                 const double* __restrict__ vec, int64_t c, double k, double w, double mean_step) {
+                 int64_t ntile, const double* __restrict__ vec, int64_t c, double k, double w, double mean_step) {
   const int64_t bi = blockIdx.y, bj = blockIdx.x;
   if (bi > bj) return;
   __shared__ double tile[kMergeTile][kMergeTile + 1];
@@ -195,7 +190,7 @@ __global__ void __launch_bounds__(kMergeTile* kMergeRows)
     const int64_t i = ri + r;
     if (i < c && j < c && i <= j) {
       double v = m2[i * c + j];
-      for (int64_t p = 0; p < nsplit; ++p) v += part[p * c * c + i * c + j];
+      for (int64_t p = 0; p < nsplit; ++p) v += part[partial_offset(p, i, j, ntile)];
       v += w * delta[i] * delta[j] - k * d[i] * d[j];
       m2[i * c + j] = v;
       tile[r][tx] = v;
@@ -209,29 +204,6 @@ __global__ void __launch_bounds__(kMergeTile* kMergeRows)
     if (i2 < c && j2 < c && i2 < j2) m2[j2 * c + i2] = tile[tx][r];
   }
   if (bi == bj && threadIdx.y == 0 && ri + tx < c) mean[ri + tx] += delta[ri + tx] * mean_step;
-}
-
-struct SplitPlan {
-  int64_t ntile;   // tiles per side of the Gram matrix
-  int64_t ntiles;  // upper-triangle tiles: grid.x of syrk_tiles_kernel
-  int64_t nsplit;  // sample splits: grid.y, and partial buffers
-  int64_t chunk;   // samples per split, a multiple of kTileK
-};
-
-// Splits the samples until there are a few blocks per SM, within the memory cap
-// on partial buffers; every split is non-empty.
-inline SplitPlan plan_splits(int64_t c, int64_t k, int64_t sms) {
-  SplitPlan p{};
-  p.ntile = (c + kTile - 1) / kTile;
-  p.ntiles = p.ntile * (p.ntile + 1) / 2;
-  int64_t nsplit = std::max<int64_t>(1, (4 * sms + p.ntiles - 1) / p.ntiles);
-  nsplit = std::min(nsplit, std::max<int64_t>(1, k / kMinSplitSamples));
-  nsplit = std::min(nsplit, std::max<int64_t>(1, kPartialBytes / (c * c * static_cast<int64_t>(sizeof(double)))));
-  nsplit = std::min<int64_t>(nsplit, 65535);
-  const int64_t slabs = (k + kTileK - 1) / kTileK;
-  p.chunk = (slabs + nsplit - 1) / nsplit * kTileK;
-  p.nsplit = (k + p.chunk - 1) / p.chunk;
-  return p;
 }
 
 // mixed is accepted for schema parity; the CUDA tiles are always float64 for now
@@ -249,18 +221,20 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
   // fastest; otherwise features are the better (or only) contiguous axis.
   const bool samples_fast = g.ss == 1 && g.s > 1 && g.sc != 1;
 
-  const SplitPlan plan = plan_splits(c, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const split_plan::SplitPlan plan =
+      split_plan::plan_splits(c, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   TORCH_CHECK(plan.ntiles <= INT32_MAX, "cov_update_: C=", c, " is too large for the CUDA kernel");
   const int64_t nsplit = plan.nsplit;
 
-  // One workspace: shift (C) | psums (nsplit * C) | d, delta (2C) | partials (nsplit * C * C).
-  at::Tensor ws = at::empty({c + nsplit * c + 2 * c + nsplit * c * c}, m2.options());
+  // One workspace, laid out and bounded by split_plan.h.
+  at::Tensor ws = at::empty({plan.workspace_elems}, m2.options());
   double* ws_shift = ws.data_ptr<double>();
-  double* psums = ws_shift + c;
-  double* vec = psums + nsplit * c;
-  double* part = vec + 2 * c;
+  double* psums = ws_shift + split_plan::psums_offset(c);
+  double* vec = ws_shift + split_plan::vectors_offset(c, nsplit);
+  double* part = ws_shift + split_plan::partials_offset(c, nsplit);
   double* mu = mean.data_ptr<double>();
   double* gram = m2.data_ptr<double>();
+  double* tiles_out = plan.direct ? gram : part;
   // With a running mean the batch is already close to centred: shift by it.
   const double* shift = count > 0 ? mu : ws_shift;
 
@@ -275,10 +249,10 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
     const dim3 grid(static_cast<unsigned>(plan.ntiles), static_cast<unsigned>(nsplit));
     if (samples_fast) {
       syrk_tiles_kernel<scalar_t, true>
-          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, part, psums);
+          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, plan.direct, tiles_out, psums);
     } else {
       syrk_tiles_kernel<scalar_t, false>
-          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, part, psums);
+          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, plan.direct, tiles_out, psums);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -294,8 +268,9 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
   }
   {
     const auto nt = static_cast<unsigned>((c + kMergeTile - 1) / kMergeTile);
-    merge_kernel<<<dim3(nt, nt), dim3(kMergeTile, kMergeRows), 0, stream>>>(gram, mu, part, nsplit, vec, c, kd, w,
-                                                                            kd / total);
+    // direct: the tiles are already in m2, there are no partials to add.
+    merge_kernel<<<dim3(nt, nt), dim3(kMergeTile, kMergeRows), 0, stream>>>(gram, mu, part, plan.direct ? 0 : nsplit,
+                                                                            plan.ntile, vec, c, kd, w, kd / total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
