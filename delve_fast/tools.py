@@ -16,6 +16,7 @@ import torch
 from delve_fast import ops
 from delve_fast import stats as S
 from delve_fast.metrics import compute_intrinsic_dimensionality, compute_saturation
+from delve_fast.writers.npy_writer import read_npy_state
 
 if TYPE_CHECKING:  # imported on first use: `import delve_fast` should not pay for pandas
     import pandas as pd
@@ -42,13 +43,33 @@ def _column_name(folder: str) -> str:
 
 
 def _collect(root: str) -> dict[str, dict[int, Path]]:
-    """Folder name -> {epoch: file} for every ``<name>/<name>_epoch<k>.npy`` below ``root``."""
+    """Folder name -> {epoch: file} for every ``<name>/<name>_epoch<k>.npy`` of a complete epoch below ``root``.
+
+    The npy writer records how many epochs it completed (``read_npy_state``);
+    files of later epochs belong to an epoch that was open when the run
+    stopped (or crashed), and are left out with a warning. A folder without
+    that record (written by another program) is read whole.
+    """
+    committed = read_npy_state(root)
+    complete = None if committed is None else committed[0]
     found: dict[str, dict[int, Path]] = {}
+    skipped: set[int] = set()
     for path in Path(root).rglob("*.npy"):
         match = _EPOCH_FILE.match(path.name)
         if match is None or match.group("name") != path.parent.name:
             continue
-        found.setdefault(path.parent.name, {})[int(match.group("epoch"))] = path
+        epoch = int(match.group("epoch"))
+        if complete is not None and epoch >= complete:
+            skipped.add(epoch)
+            continue
+        found.setdefault(path.parent.name, {})[epoch] = path
+    if skipped:
+        warnings.warn(
+            f"{root!r} holds {complete} complete epochs; the files of epochs {sorted(skipped)} were written by "
+            "an epoch that never finished and are not in the table",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return found
 
 
@@ -83,7 +104,7 @@ def reconstruct_csv_from_npy_data(
     thresh: float | None = None,
     stats: Sequence[str] = ("lsat", "idim"),
 ) -> pd.DataFrame:
-    """Rebuild the CSV writer's table from the npy writer's folder.
+    """Rebuild the CSV writer's table from the npy writer's folder, complete epochs only.
 
     Without ``thresh`` the stored values are read back. With ``thresh`` the
     statistics in ``stats`` are recomputed from the stored covariance matrices
@@ -117,7 +138,14 @@ def reconstruct_csv_from_npy_data(
         If ``thresh`` is given but no covariance matrix was stored, or the
         folder does not exist.
     ValueError
-        If a stat cannot be recomputed.
+        If a stat cannot be recomputed, or the npy writer's record of its
+        complete epochs exists but cannot be read.
+
+    Warns
+    -----
+    RuntimeWarning
+        When files of an epoch that never finished (after the last complete
+        one in the npy writer's record) are left out.
     """
     import pandas as pd
 

@@ -54,21 +54,42 @@ def eval_batch(rank: int, b: int) -> torch.Tensor:
     return torch.randn(5, 3, 6, 6, generator=gen, dtype=torch.float64) - 3.0 * rank
 
 
-def train(model: nn.Module, tracker: SaturationTracker, shards: list[int], world: int) -> list[dict]:
+def events() -> list[tuple[int, int | None]]:
+    """The job's timeline: ``(epoch, step)`` for a training step, ``(epoch, None)`` for the epoch's end."""
+    return [(epoch, step) for epoch in range(EPOCHS) for step in [*range(STEPS), None]]
+
+
+#: Where the checkpoint tests stop the first pair of processes: after epoch 0's row and one
+#: step of epoch 1, so the checkpoint holds a written row and a half-recorded epoch.
+CHECKPOINT_AT = STEPS + 2
+
+
+def train(
+    model: nn.Module,
+    tracker: SaturationTracker,
+    shards: list[int],
+    world: int,
+    opt: torch.optim.Optimizer | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> list[dict]:
     """The job: DDP's loop when ``shards`` is one rank, its single-process equivalent when it is all of them.
 
     DDP averages the ranks' gradients of their mean losses; the single process
     takes the gradient of the average of those losses, the same quantity.
+    ``start`` and ``stop`` run a slice of :func:`events` only (a job
+    interrupted by a checkpoint and resumed), with the optimizer ``opt``.
     """
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = opt if opt is not None else make_optimizer(model)
     out = []
-    for epoch in range(EPOCHS):
-        model.train()
-        for step in range(STEPS):
+    for epoch, step in events()[start:stop]:
+        if step is not None:
+            model.train()
             opt.zero_grad()
             losses = [nn.functional.mse_loss(model(x), y) for x, y in (train_batch(r, epoch, step) for r in shards)]
             (sum(losses) / (world if len(shards) > 1 else 1)).backward()
             opt.step()
+            continue
         if epoch == 0:
             model.eval()
             with torch.no_grad():
@@ -78,6 +99,51 @@ def train(model: nn.Module, tracker: SaturationTracker, shards: list[int], world
         tracker.add_scalar("lr", 0.05)  # accepted on every rank, written by rank 0 only
         out.append(tracker.add_saturations())
     return out
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # momentum: optimizer state to restore
+
+
+def _tracker(savefile: str, model: nn.Module) -> SaturationTracker:
+    return SaturationTracker(
+        savefile, save_to=["csv", "npy"], modules=model, stats=STATS, device="cpu", average_sat=True
+    )
+
+
+def checkpoint_first_half(rank: int, world: int, out_dir: str) -> None:
+    """Run the whole job uninterrupted (``full/``), then the same job up to :data:`CHECKPOINT_AT` and save.
+
+    Each rank saves its own file: model, optimizer and ``tracker.state_dict()``
+    (this rank's unmerged covariance of the open epoch).
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(small_model())
+    with _tracker(str(Path(out_dir, "full", "run")), model) as tracker:
+        train(model, tracker, [rank], world)
+
+    model = DDP(small_model())
+    opt = make_optimizer(model)
+    with _tracker(str(Path(out_dir, "resumed", "run")), model) as tracker:
+        train(model, tracker, [rank], world, opt, stop=CHECKPOINT_AT)
+        checkpoint = {"model": model.module.state_dict(), "opt": opt.state_dict(), "tracker": tracker.state_dict()}
+        torch.save(checkpoint, Path(out_dir, f"ckpt_rank{rank}.pt"))
+
+
+def checkpoint_second_half(rank: int, world: int, out_dir: str) -> None:
+    """A fresh process per rank: load this rank's checkpoint and finish the job."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    checkpoint = torch.load(Path(out_dir, f"ckpt_rank{rank}.pt"), weights_only=False)
+    plain = small_model(seed=1)  # other weights: the checkpoint's must replace them
+    plain.load_state_dict(checkpoint["model"])
+    model = DDP(plain)
+    opt = make_optimizer(model)
+    opt.load_state_dict(checkpoint["opt"])
+    with _tracker(str(Path(out_dir, "resumed", "run")), model) as tracker:
+        tracker.load_state_dict(checkpoint["tracker"])
+        train(model, tracker, [rank], world, opt, start=CHECKPOINT_AT)
 
 
 def ddp_worker(rank: int, world: int, out_dir: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch", reason="needs lightning (pip install 'delve_fast[lightning]')")
 
-from delve_fast import SaturationTracker  # noqa: E402
 from delve_fast.integrations._testing import (  # noqa: E402
     ActivationRecorder,
     assert_rows_equal,
@@ -210,11 +210,11 @@ def test_resume_from_checkpoint_appends_rows(tmp_path):
         assert_rows_equal(written[i], expected[i], f"CSV row {i}")
 
 
-@pytest.mark.xfail(
-    not hasattr(SaturationTracker, "state_dict"), reason="needs SaturationTracker.state_dict", strict=False
-)
 def test_resume_mid_period_keeps_the_covariance(tmp_path):
     # A row every 2 epochs, checkpoint after epoch 0: the covariance of epoch 0 must survive the restart.
+    # The reference is the uninterrupted row: one plain tracker fed every batch of both fits (epoch 0
+    # from the first, epoch 1 from the resumed one) before a single add_saturations(). A rerun of fit
+    # without the restart would not see the same batches (the resumed loader reshuffles from its seed).
     records, layers, _, savefile = _resume(tmp_path, every_n_epochs=2)
     expected = replay([(0, m, n, y) for _, m, n, y in records], layers, rows=[0], stats=STATS)
     written = read_csv_rows(savefile + ".csv")
@@ -222,6 +222,62 @@ def test_resume_mid_period_keeps_the_covariance(tmp_path):
     assert_rows_equal(written[0], expected[0], "CSV row 0 (epochs 0 and 1)")
 
 
-@pytest.mark.skip(reason="needs the tracker's distributed merge, which delve_fast does not have yet")
-def test_nothing_is_logged_from_a_non_zero_rank():  # pragma: no cover - placeholder until DDP merge exists
-    pass
+def test_ddp_on_two_processes_logs_the_merged_values_from_rank_zero_only(tmp_path):
+    # Lightning's own launcher (ddp_spawn, gloo on 2 CPU processes), each rank an unshuffled half
+    # of the data through Lightning's DistributedSampler.
+    import lightning_ddp_scenario as S
+
+    out = tmp_path / "out"
+    out.mkdir()
+    savefile = str(tmp_path / "sat" / "run")
+    callback = SaturationCallback(savefile, save_to=["csv", "npy"], stats=S.STATS)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=S.RecordingLogger(str(out)),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback, S.ActivationDump(str(out), callback)],
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(S.TinyModule(), *S.loaders())
+
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    layers = ranks[0]["layers"]
+    # The single-process reference: one plain tracker fed both ranks' layer outputs, epoch by epoch.
+    records = ranks[0]["records"] + ranks[1]["records"]
+    assert {row for row, *_ in ranks[1]["records"]} == {0, 1}  # rank 1 did train and validate
+    expected = replay(records, layers, rows=[0, 1], stats=S.STATS)
+
+    # Rank 0's CSV row = the statistics of both shards. Tolerance 1e-9: the merge adds the two
+    # ranks' float64 sums in another order than one state fed every batch (differences ~1e-15),
+    # which eigen solves of these full-rank, well-conditioned 3..10-wide covariances amplify by far
+    # less than 1e6.
+    written = read_csv_rows(savefile + ".csv")
+    assert len(written) == 2
+    for i in range(2):
+        assert set(written[i]) == set(expected[i])
+        for key, want in expected[i].items():
+            assert written[i][key] == pytest.approx(float(want), rel=1e-9, abs=0), (i, key)
+    # Both ranks computed the same merged values; only rank 0 had writers.
+    assert ranks[0]["last_values"] == ranks[1]["last_values"]
+    assert ranks[0]["last_values"]["train-saturation_net-0"] == written[1]["train-saturation_net-0"]
+    assert ranks[0]["writers"] == ["CSVWriter", "NPYWriter"] and ranks[1]["writers"] == []
+
+    # The logger (no rank guard of its own; Lightning hands it val_loss on every rank) got the
+    # saturation values from rank 0 only, once per epoch, equal to the CSV row.
+    def logged(rank: int) -> list[dict[str, float]]:
+        path = out / f"logged_rank{rank}.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line)["metrics"] for line in lines]
+
+    assert not any(key in expected[0] for row in logged(1) for key in row)
+    saturation_rows = [m for m in logged(0) if "train-saturation_net-0" in m]
+    assert len(saturation_rows) == 2
+    for i, row in enumerate(saturation_rows):
+        for key, value in written[i].items():
+            assert row[key] == pytest.approx(value, rel=1e-12, abs=0), (i, key)

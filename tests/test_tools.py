@@ -64,3 +64,35 @@ def test_missing_stat_warns(tmp_path):
     path, _ = _record(tmp_path, ["lsat"], epochs=1)
     with pytest.warns(RuntimeWarning, match="intrinsic-dimensionality"):
         reconstruct_csv_from_npy_data(path, stats=["lsat", "idim"])
+
+
+def test_files_of_an_epoch_that_never_committed_are_left_out(tmp_path, monkeypatch):
+    # A crash inside the third save(): its .npy files are on disk, but the npy writer's
+    # record of complete epochs still says 2. The table must hold epochs 0 and 1 only.
+    from delve_fast.writers.npy_writer import NPYWriter
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 4))
+    t = SaturationTracker(str(tmp_path / "run"), save_to=["npy"], modules=net, device="cpu", stats=["lsat", "trc"])
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        net(torch.randn(40, 8, generator=g))
+        t.add_saturations()
+    complete = reconstruct_csv_from_npy_data(str(tmp_path / "run"))
+
+    def crash(self, epochs):
+        raise OSError("simulated crash before the commit record")
+
+    monkeypatch.setattr(NPYWriter, "_write_state", crash)
+    net(torch.randn(40, 8, generator=g) * 100)
+    with pytest.raises(OSError, match="simulated crash"):
+        t.add_saturations()
+    monkeypatch.undo()
+    t.close()
+    name = "_train-covariance-trace_2"
+    assert (tmp_path / "run" / name / f"{name}_epoch2.npy").exists()  # the uncommitted epoch's file is there
+
+    with pytest.warns(RuntimeWarning, match=r"2 complete epochs; the files of epochs \[2\]"):
+        table = reconstruct_csv_from_npy_data(str(tmp_path / "run"))
+    assert list(table.index) == [0, 1]
+    pd.testing.assert_frame_equal(table, complete)  # the same table as before the crashed epoch

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from delve_fast.distributed import resolve_group
 from delve_fast.writers.base import COVARIANCE_TAG, is_scalar_value
 
 __all__ = ["require", "TrackedRun", "STATE_VERSION"]
@@ -74,6 +75,19 @@ def _model_device(model: nn.Module) -> Any:
     for tensor in model.buffers():
         return tensor.device
     return None
+
+
+def _any_rank(flag: bool, group: Any) -> bool:
+    """Whether ``flag`` is true on any rank of ``group`` (one MAX all-reduce of one int)."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":  # NCCL reduces CUDA tensors only
+        device = torch.device("cuda", torch.cuda.current_device())
+    buffer = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=group)
+    return bool(buffer.item())
 
 
 class TrackedRun:
@@ -133,19 +147,21 @@ class TrackedRun:
         self._restored: dict[str, Any] | None = None
         self._final: dict[str, Any] | None = None
         self._warned_no_state = False
+        self._group: Any = None  # the tracker's process group (None: this process alone)
 
     # ------------------------------------------------------------ life cycle
-    def attach(self, model: nn.Module, global_rank: int = 0) -> Any:
+    def attach(self, model: nn.Module) -> Any:
         """Build the tracker on ``model`` (unless ``modules`` was given) and hook its layers.
+
+        Under a distributed launch the tracker finds the process group by
+        itself (its ``distributed`` argument): every rank builds one, the
+        ranks merge their states at each row, and only rank zero creates
+        folders and writes files. So every rank builds the same tracker here.
 
         Parameters
         ----------
         model : nn.Module
             The model the framework trains.
-        global_rank : int
-            This process's rank. Only rank zero creates the tracker's writers:
-            the other ranks compute (so that a distributed merge, where the
-            tracker does one, sees every rank) but write nothing.
 
         Returns
         -------
@@ -160,14 +176,13 @@ class TrackedRun:
         device = _model_device(model)
         if device is not None:
             kwargs.setdefault("device", device)
-        if global_rank != 0:
-            kwargs["nosave"] = True
         restored = self._restored
         if restored is not None:
             # Writers resume from initial_epoch (the CSV writer reloads its rows),
             # so a resumed run appends to the file instead of overwriting it.
             kwargs.setdefault("initial_epoch", int(restored["epoch"]))
         self.tracker = SaturationTracker(self.savefile, self.save_to, **kwargs)
+        self._group = resolve_group(kwargs.get("distributed"))
         self._final = None
         if restored is not None:
             self._load_into_tracker(restored)
@@ -213,9 +228,13 @@ class TrackedRun:
         if self.tracker is None:
             return False
         seen = getattr(self.tracker, "seen_samples", None)
-        if seen is None:  # a tracker without the counter: assume there is data
-            return True
-        return any(bool(per_layer) for per_layer in seen.values())
+        # A tracker without the counter: assume there is data.
+        mine = True if seen is None else any(bool(per_layer) for per_layer in seen.values())
+        if self._group is None:
+            return mine
+        # add_saturations() is a collective: the ranks must agree on calling it, and a rank
+        # whose shard ran out early would otherwise skip the last row while the others wait.
+        return _any_rank(mine, self._group)
 
     def flush(self) -> dict[str, float]:
         """Write one row (``tracker.add_saturations()``) and return its scalar values.

@@ -118,7 +118,7 @@ class SaturationCallback(_pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self._run.attach(pl_module, global_rank=trainer.global_rank)
+        self._run.attach(pl_module)
 
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
         tracker = self._run.tracker

@@ -140,7 +140,7 @@ class SaturationCallback(_transformers.TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is None and "modules" not in self._run.tracker_kwargs:
             raise ValueError("SaturationCallback got no model from the Trainer; pass modules=... explicitly")
-        self._run.attach(model, global_rank=args.process_index)
+        self._run.attach(model)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # The Trainer's flow callback runs first and has already decided whether to evaluate now.
