@@ -35,8 +35,8 @@ inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m
   TORCH_CHECK(m2.dim() == 2 && m2.size(0) == c && m2.size(1) == c, "cov_update_: m2 must have shape (", c, ", ", c,
               "), got ", m2.sizes());
   TORCH_CHECK(counts.scalar_type() == at::kDouble && counts.dim() == 1 && counts.size(0) == kCountsLen,
-              "cov_update_: counts must be a float64 tensor of shape (", kCountsLen, ") [samples, skipped batches], got ",
-              counts.scalar_type(), " ", counts.sizes());
+              "cov_update_: counts must be a float64 tensor of shape (", kCountsLen,
+              ") [samples, skipped batches], got ", counts.scalar_type(), " ", counts.sizes());
   TORCH_CHECK(mean.is_contiguous() && m2.is_contiguous() && counts.is_contiguous(),
               "cov_update_: state tensors must be contiguous");
   TORCH_CHECK(mean.device() == x.device() && m2.device() == x.device() && counts.device() == x.device(),

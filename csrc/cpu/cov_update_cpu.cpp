@@ -315,9 +315,8 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
   // whenever each thread gets enough tiles and the private accumulators stay
   // small. With only a tile or two each, the private accumulators and the
   // unprefetched first tile of every thread cost more than sharing the panel.
-  const bool split_samples =
-      (nthreads == 1 && gram_bytes <= kPrivateGramBytes) ||
-      (ntiles >= kMinTilesPerThread * nthreads && nthreads * gram_bytes <= kPrivateGramBytes);
+  const bool split_samples = (nthreads == 1 && gram_bytes <= kPrivateGramBytes) ||
+                             (ntiles >= kMinTilesPerThread * nthreads && nthreads * gram_bytes <= kPrivateGramBytes);
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
     // private accumulator (g is left alone until the sums are known finite).
