@@ -179,15 +179,23 @@ class TorchCovarianceMatrix:
         """
         if x.dim() != 3:
             raise ValueError(f"update_view expects an (N, C, S) tensor, got shape {tuple(x.shape)}")
-        self.state.update(x)
-        if self.save_data:
-            self._store_samples(x)
+        # One lock for the state and its sample store, so concurrent hooks keep them in step.
+        with self.state._lock:
+            skipped = self.state.skipped_batches if self.save_data else 0
+            self.state.update(x)
+            # Samples of a batch the state left out (NaN or Inf) are not stored either;
+            # reading the skip count syncs a GPU, so only embed (save_data) pays for it.
+            if self.save_data and self.state.skipped_batches == skipped:
+                self._store_samples(x)
 
     def _store_samples(self, x: torch.Tensor) -> None:
         room = self.max_saved_samples - (0 if self.saved_samples is None else self.saved_samples.shape[0])
         if room <= 0:
             return
-        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(self.device, torch.float64)
+        # copy=True: with a float64 activation on the state's device the reshape
+        # and cast can both be views, and a later in-place op (ReLU(inplace=True))
+        # would then rewrite the stored samples.
+        rows = x.detach().permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(self.device, torch.float64, copy=True)
         self.saved_samples = rows if self.saved_samples is None else torch.cat([self.saved_samples, rows])
 
     def mean(self) -> torch.Tensor:

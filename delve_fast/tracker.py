@@ -28,12 +28,19 @@ from delve_fast import validation as V
 from delve_fast._loader import check_backend
 from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
 from delve_fast.recorder import LayerRecorder
+from delve_fast.safe_stats import compute_layers_safely
 from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
 from delve_fast.writers import AbstractWriter, CompositWriter
 
 __all__ = ["SaturationTracker", "CheckLayerSat", "CONV_METHODS", "TIMESERIES_METHODS", "INTERPOLATION_MODES"]
 
 log = logging.getLogger("delve_fast")
+
+#: Default ``max_state_bytes``: 1 GiB for one layer's state in one mode, i.e.
+#: up to 11585 features. Every channelwise conv and ordinary Linear layer fits
+#: far below it (4096 features = 128 MiB); a ``flatten`` of a conv map, whose
+#: width is C*H*W, is what crosses it, and its eigen-solve would take minutes.
+DEFAULT_MAX_STATE_BYTES = 1 << 30
 
 
 def _identity_filter(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -120,6 +127,23 @@ class SaturationTracker:
     precision : {"double", "mixed"}, default "double"
         Keyword only. ``"mixed"``: float32 tile products on nearly centred data,
         accumulated in float64; faster, error bound in ``docs/precision.md``.
+    max_state_bytes : int or None, default 1 GiB
+        Keyword only. Largest covariance state of one layer in one mode
+        (``8 * (C*C + C + 2)`` bytes for ``C`` features). A layer whose state
+        would be larger raises :class:`delve_fast.state.StateTooLargeError`
+        at its first recorded forward pass, before anything is allocated,
+        naming the layer, its width, the bytes and the remedies. ``None``
+        disables the check. :meth:`state_bytes` reports what is held.
+
+    Notes
+    -----
+    A batch holding a NaN or an Inf is left out of that layer's state (the
+    state keeps every bit) and counted; :meth:`add_saturations` warns once per
+    affected layer with the count, and reports NaN cells for a layer with no
+    valid data or whose statistics cannot be computed, while the other layers
+    and the user's scalars are written as usual. Forward hooks may run in
+    several threads at once (``nn.DataParallel``): updates of one state are
+    serialised.
 
     Examples
     --------
@@ -158,6 +182,7 @@ class SaturationTracker:
         max_saved_samples: int = DEFAULT_MAX_SAVED_SAMPLES,
         idim_rule: str = "delve",
         precision: str = "double",
+        max_state_bytes: int | None = DEFAULT_MAX_STATE_BYTES,
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
@@ -174,6 +199,11 @@ class SaturationTracker:
             raise TypeError(f"layer_filter must be callable, got {type(layer_filter).__name__}")
         self.backend = None if backend is None else check_backend(backend)
         self.precision = ops.check_precision(precision)
+        if max_state_bytes is not None and (
+            isinstance(max_state_bytes, bool) or not isinstance(max_state_bytes, int) or max_state_bytes < 1
+        ):
+            raise ValueError(f"max_state_bytes must be a positive int (bytes) or None, got {max_state_bytes!r}")
+        self.max_state_bytes = max_state_bytes
         self.nosave, self.verbose, self.include_conv = bool(nosave), bool(verbose), bool(include_conv)
         self.layerwise_sat, self.reset_covariance = bool(layerwise_sat), bool(reset_covariance)
         self.average_sat = bool(average_sat)
@@ -199,7 +229,7 @@ class SaturationTracker:
             self.writer = V.make_writer(save_to, writer_args)
             V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
 
-        self._recorder = LayerRecorder(self._new_state, self.log_interval, self.max_samples)
+        self._recorder = LayerRecorder(self._new_state, self.log_interval, self.max_samples, self.max_state_bytes)
         # delve's attribute names, shared with the recorder (user code reads them).
         self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
@@ -254,7 +284,18 @@ class SaturationTracker:
             raise AttributeError(f"neither {type(self).__name__} nor its writer has attribute {name!r}") from None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(layers={list(self.layers)}, stats={self.stats})"
+        return (
+            f"{type(self).__name__}(layers={list(self.layers)}, stats={self.stats}, state_bytes={self.state_bytes()})"
+        )
+
+    def state_bytes(self) -> int:
+        """Bytes held now by every layer's covariance states (both modes) and stored ``embed`` samples.
+
+        A state of ``C`` features is ``8 * (C*C + C + 2)`` bytes; states are
+        created at a layer's first recorded forward pass and freed by the
+        reset after :meth:`add_saturations`.
+        """
+        return self._recorder.state_bytes()
 
     def __enter__(self) -> SaturationTracker:
         return self
@@ -294,7 +335,9 @@ class SaturationTracker:
         Eigenvalues of all layers and modes come from one batched call to
         :func:`delve_fast.ops.eigvalsh_desc`; eigenvectors are computed only
         for ``embed``. Each stat is an entry of :data:`delve_fast.stats.STATS`.
-        Nothing is reset or written.
+        Nothing is reset or written. Never raises from linear algebra: see
+        :func:`delve_fast.safe_stats.compute_layers_safely` (NaN cells and a
+        :class:`RuntimeWarning` per affected layer, skipped-batch counts).
 
         Returns
         -------
@@ -308,7 +351,8 @@ class SaturationTracker:
             (mode, name, state, partial(views.covariance_in_chw_order, order=self._recorder.flatten_order(mode, name)))
             for mode, name, state in self._recorder.pending(self.layers)
         ]
-        return S.compute_layers(
+        # Never raises from linear algebra: a layer that cannot be computed gets NaN cells and a warning.
+        return compute_layers_safely(
             entries, self._mode_stats, self.threshold, self.idim_rule, average=self.average_sat, backend=self.backend
         )
 
@@ -316,7 +360,9 @@ class SaturationTracker:
         """Compute the statistics of this epoch, write them and reset.
 
         Layers and modes that saw no data since the last call are skipped
-        (their CSV cells stay empty).
+        (their CSV cells stay empty). A layer whose recorded batches all held
+        NaN or Inf, or whose statistics cannot be computed, gets NaN cells and
+        a warning; the covariances are still reset and the epoch advances.
 
         Parameters
         ----------
