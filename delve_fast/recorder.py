@@ -138,9 +138,7 @@ class LayerRecorder:
             states = [state for per_mode in self.logs.values() for state in per_mode.values()]
         total = 0
         for state in states:
-            total += state.state.nbytes
-            if state.saved_samples is not None:
-                total += state.saved_samples.numel() * state.saved_samples.element_size()
+            total += state.state.nbytes + state.saved_nbytes
         return total
 
     def pending(self, layer_names: Iterable[str]) -> list[Pending]:
