@@ -28,18 +28,40 @@ from torch import nn
 from delve_fast import CovarianceState, SaturationTracker, _reference, ops
 from delve_fast import stats as S
 from delve_fast.state import StateTooLargeError, state_nbytes
-from delve_fast.testing import FLOAT_DTYPES, assert_cov_close, fresh_state, np_mean_cov, samples_f64
+from delve_fast.testing import (
+    FLOAT_DTYPES,
+    assert_cov_close,
+    devices,
+    fresh_state,
+    np_mean_cov,
+    require_compiled_device,
+    samples_f64,
+)
 
 RTOL = 1e-9
 BACKENDS = ["cpp", "torch"]
+DEVICES = devices()
 
 
 @pytest.fixture(params=["compiled", "twin"])
-def update(request):
-    """``fn(mean, m2, counts, x)``: the compiled op or the twin."""
+def impl(request):
+    """``(name, fn)``: the compiled op or the twin, called as ``fn(mean, m2, counts, x)``."""
     if request.param == "compiled":
-        return request.getfixturevalue("compiled").cov_update_
-    return _reference.cov_update_
+        return "compiled", request.getfixturevalue("compiled").cov_update_
+    return "twin", _reference.cov_update_
+
+
+@pytest.fixture
+def update(impl):
+    """The implementation's function, on the CPU."""
+    return impl[1]
+
+
+def _on(impl, device):
+    name, fn = impl
+    if name == "compiled":
+        require_compiled_device(device)
+    return fn
 
 
 @pytest.fixture
@@ -74,39 +96,44 @@ PATHS = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
-def test_nonfinite_batch_leaves_state_bit_identical(update, threads, path, dtype, bad):
+def test_nonfinite_batch_leaves_state_bit_identical(impl, threads, device, path, dtype, bad):
+    """Thread counts pick the CPU kernel's path; on CUDA the shapes cover one and several tiles and splits."""
+    update = _on(impl, device)
     nthreads, (n, c, s) = PATHS[path]
     threads(nthreads)
-    mean, m2, counts = fresh_state(c)
-    clean = _batch(n, c, s, seed=1, dtype=dtype)
+    mean, m2, counts = fresh_state(c, device)
+    clean = _batch(n, c, s, seed=1, dtype=dtype).to(device)
     update(mean, m2, counts, clean)
     before = (mean.clone(), m2.clone())
     # Last sample, first sample, a middle one: the shift, the tiles and the tail all see it.
     for i, where in enumerate([(n - 1, c - 1, s - 1), (0, 0, 0), (n // 2, c // 3, s // 2)]):
-        update(mean, m2, counts, _poisoned(_batch(n, c, s, seed=2 + i, dtype=dtype), where, bad))
+        update(mean, m2, counts, _poisoned(_batch(n, c, s, seed=2 + i, dtype=dtype), where, bad).to(device))
         assert torch.equal(mean, before[0]) and torch.equal(m2, before[1]), f"state changed by batch {i}"
     assert counts.tolist() == [n * s, 3.0]
     # Clean batches afterwards are folded in as if the bad ones never came.
-    more = _batch(n, c, s, seed=9, dtype=dtype)
+    more = _batch(n, c, s, seed=9, dtype=dtype).to(device)
     update(mean, m2, counts, more)
     ref_mean, ref_cov = np_mean_cov(np.concatenate([samples_f64(clean), samples_f64(more)]))
     assert counts.tolist() == [2 * n * s, 3.0]
     assert_cov_close(m2 / (2 * n * s), ref_cov, RTOL)
-    np.testing.assert_allclose(mean.numpy(), ref_mean, rtol=RTOL, atol=RTOL * 10)
+    np.testing.assert_allclose(mean.cpu().numpy(), ref_mean, rtol=RTOL, atol=RTOL * 10)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", list(PATHS))
-def test_nonfinite_first_batch_leaves_empty_state(update, threads, path):
+def test_nonfinite_first_batch_leaves_empty_state(impl, threads, device, path):
     """A bad batch into an empty state (its shift comes from the batch itself) leaves zeros and count 0."""
+    update = _on(impl, device)
     nthreads, (n, c, s) = PATHS[path]
     threads(nthreads)
-    mean, m2, counts = fresh_state(c)
-    update(mean, m2, counts, _poisoned(_batch(n, c, s, seed=3), (0, 1, 0), float("nan")))
+    mean, m2, counts = fresh_state(c, device)
+    update(mean, m2, counts, _poisoned(_batch(n, c, s, seed=3), (0, 1, 0), float("nan")).to(device))
     assert not mean.any() and not m2.any() and counts.tolist() == [0.0, 1.0]
-    x = _batch(n, c, s, seed=4)
+    x = _batch(n, c, s, seed=4).to(device)
     update(mean, m2, counts, x)
     _, ref_cov = np_mean_cov(samples_f64(x))
     assert_cov_close(m2 / (n * s), ref_cov, RTOL)
@@ -132,6 +159,36 @@ def test_nonfinite_skip_on_strided_views(update):
     assert counts.tolist() == [0.0, 2.0]
     update(mean, m2, counts, view[:4])  # rows without the NaN are fine
     assert counts.tolist() == [64.0, 2.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_replay_keeps_counting_on_the_device(impl):
+    """Captured once, replayed per batch: the count lives on the device, so every replay merges correctly."""
+    update = _on(impl, "cuda")
+    c = 20
+    batches = [_batch(64, c, 3, seed=40 + i) for i in range(4)]
+    batches[2][5, 7, 1] = float("nan")  # skipped on replay too
+    static_x = batches[0].clone().cuda()
+    mean, m2, counts = fresh_state(c, "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+        update(mean, m2, counts, static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    for t in (mean, m2, counts):
+        t.zero_()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        update(mean, m2, counts, static_x)
+    for x in batches:
+        static_x.copy_(x)
+        graph.replay()
+    torch.cuda.synchronize()
+    clean = [x for i, x in enumerate(batches) if i != 2]
+    _, ref_cov = np_mean_cov(np.concatenate([samples_f64(x) for x in clean]))
+    assert counts.tolist() == [3 * 64 * 3, 1.0]
+    assert_cov_close(m2 / (3 * 64 * 3), ref_cov, RTOL)
 
 
 # ----------------------------------------------------------------------------- CovarianceState
