@@ -9,7 +9,7 @@ delve_fast follows delve's documentation instead of delve 0.1.50's code).
 from delve_fast import writers
 from delve_fast.covariance import TorchCovarianceMatrix
 from delve_fast.ops import backend_info
-from delve_fast.state import CovarianceState
+from delve_fast.state import CovarianceState, StateTooLargeError
 from delve_fast.tools import reconstruct_csv_from_npy_data
 from delve_fast.tracker import CheckLayerSat, SaturationTracker
 
@@ -19,6 +19,7 @@ __all__ = [
     "CheckLayerSat",
     "TorchCovarianceMatrix",
     "CovarianceState",
+    "StateTooLargeError",
     "backend_info",
     "reconstruct_csv_from_npy_data",
     "writers",

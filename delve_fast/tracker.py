@@ -130,7 +130,7 @@ class SaturationTracker:
     max_state_bytes : int or None, default 1 GiB
         Keyword only. Largest covariance state of one layer in one mode
         (``8 * (C*C + C + 2)`` bytes for ``C`` features). A layer whose state
-        would be larger raises :class:`delve_fast.state.StateTooLargeError`
+        would be larger raises :class:`delve_fast.StateTooLargeError`
         at its first recorded forward pass, before anything is allocated,
         naming the layer, its width, the bytes and the remedies. ``None``
         disables the check. :meth:`state_bytes` reports what is held.

@@ -93,6 +93,7 @@ PATHS = {
     "split-2threads": (2, (2000, 33, 1)),
     "shared-one-tile": (2, (50, 70, 5)),
     "shared-tiles": (2, (1000, 40, 1)),
+    "shared-tiles-nchw": (2, (20, 40, 25)),
 }
 
 
@@ -189,6 +190,22 @@ def test_cuda_graph_replay_keeps_counting_on_the_device(impl):
     _, ref_cov = np_mean_cov(np.concatenate([samples_f64(x) for x in clean]))
     assert counts.tolist() == [3 * 64 * 3, 1.0]
     assert_cov_close(m2 / (3 * 64 * 3), ref_cov, RTOL)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sample_stride"])
+def test_scan_before_shared_tiles_reads_through_strides(update, threads, layout):
+    """Several shared tiles (2 threads, K = 600): the pre-scan must find a NaN in any layout, at any place."""
+    threads(2)
+    for where in [(0, 0, 0), (11, 39, 24), (5, 17, 3)]:
+        x = _batch(24, 40, 25, seed=7)
+        x[where] = float("nan")
+        if layout == "channels_last":  # features adjacent: strides (1000, 1, 40)
+            x = x.permute(0, 2, 1).contiguous().permute(0, 2, 1)
+        else:  # every other sample of a longer buffer
+            x = torch.repeat_interleave(x, 2, dim=2)[:, :, ::2]
+        mean, m2, counts = fresh_state(40)
+        update(mean, m2, counts, x)
+        assert counts.tolist() == [0.0, 1.0] and not m2.any(), where
 
 
 # ----------------------------------------------------------------------------- CovarianceState

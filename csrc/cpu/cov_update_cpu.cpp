@@ -128,27 +128,48 @@ inline bool all_finite(const double* v, int64_t n) {
   return ok;
 }
 
+// Whether any of len values p[0], p[stride], ... is a NaN or an Inf. v - v is
+// 0 for a finite v and NaN otherwise; the flags are OR-ed (an integer
+// reduction, so the loop vectorises without reordering float sums). Values are
+// read in their own precision (float for the 16-bit types).
+template <typename scalar_t>
+inline bool run_has_nonfinite(const scalar_t* p, int64_t len, int64_t stride) {
+  using F = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  int bad = 0;
+  if (stride == 1) {
+    for (int64_t i = 0; i < len; ++i) {
+      const F z = static_cast<F>(p[i]) - static_cast<F>(p[i]);
+      bad |= z != z;
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      const F z = static_cast<F>(p[i * stride]) - static_cast<F>(p[i * stride]);
+      bad |= z != z;
+    }
+  }
+  return bad != 0;
+}
+
 // Whether the batch holds no NaN or Inf, by one read of every value: used only
 // where the Gram is written before the batch sums are complete (shared panels
 // over several tiles, which means many features, so this pass costs about 1/C
-// of the Gram's flops). x * 0 is 0 for a finite x and NaN for a NaN or an Inf.
+// of the Gram's flops). Runs along the contiguous axis.
 template <typename scalar_t>
 bool batch_is_finite(const scalar_t* base, const BatchView& v) {
   std::atomic<bool> ok{true};
   const int64_t per_n = std::max<int64_t>(1, v.c * v.s);
+  const bool runs_along_s = v.ss == 1 || (v.sc != 1 && v.s >= v.c);
   at::parallel_for(0, v.n, std::max<int64_t>(1, (1 << 16) / per_n), [&](int64_t n0, int64_t n1) {
-    double acc = 0.0;
-    for (int64_t n = n0; n < n1; ++n) {
+    bool bad = false;
+    for (int64_t n = n0; n < n1 && !bad; ++n) {
       const scalar_t* img = base + n * v.sn;
-      if (v.ss == 1) {
-        for (int64_t ch = 0; ch < v.c; ++ch)
-          for (int64_t s = 0; s < v.s; ++s) acc += static_cast<double>(img[ch * v.sc + s]) * 0.0;
+      if (runs_along_s) {
+        for (int64_t ch = 0; ch < v.c; ++ch) bad |= run_has_nonfinite(img + ch * v.sc, v.s, v.ss);
       } else {
-        for (int64_t s = 0; s < v.s; ++s)
-          for (int64_t ch = 0; ch < v.c; ++ch) acc += static_cast<double>(img[s * v.ss + ch * v.sc]) * 0.0;
+        for (int64_t s = 0; s < v.s; ++s) bad |= run_has_nonfinite(img + s * v.ss, v.c, v.sc);
       }
     }
-    if (!std::isfinite(acc)) ok.store(false, std::memory_order_relaxed);
+    if (bad) ok.store(false, std::memory_order_relaxed);
   });
   return ok.load();
 }
