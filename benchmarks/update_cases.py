@@ -131,16 +131,14 @@ def make_update_fn(path: str, x: torch.Tensor, kind: str) -> Callable[[], None]:
     c = view.shape[1]
     mean = torch.zeros(c, dtype=torch.float64)
     m2 = torch.zeros(c, c, dtype=torch.float64)
-    k = view.shape[0] * view.shape[2]
-    state = {"count": 0}
+    counts = torch.zeros(2, dtype=torch.float64)
     choices = {"compiled": ("cpp", "double"), "twin": ("torch", "double"), "compiled_mixed": ("cpp", "mixed")}
     if path not in choices:
         raise ValueError(f"unknown path {path!r}; valid choices are {', '.join([*choices, 'delve'])}")
     backend, precision = choices[path]
 
     def run_fast() -> None:
-        ops.cov_update_(mean, m2, view, state["count"], backend=backend, precision=precision)
-        state["count"] += k
+        ops.cov_update_(mean, m2, counts, view, backend=backend, precision=precision)
 
     return run_fast
 

@@ -14,8 +14,16 @@ namespace delve_fast {
 // use the same window, so they round alike (docs/ops.md).
 constexpr int64_t kShiftSamples = 256;
 
-// Validates the state and batch of cov_update_ and returns C.
-inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& x, int64_t count) {
+// Length of the counts tensor of cov_update_: [samples, skipped batches].
+// Both are whole numbers held in float64, exact up to 2^53.
+constexpr int64_t kCountsLen = 2;
+
+// Validates the state and batch of cov_update_ and returns C. counts is the
+// float64 pair [samples folded in, batches skipped as non-finite] on the
+// state's device; it is read by the kernels themselves, so the caller never
+// has to know it (no device sync per batch).
+inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& counts,
+                                     const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 3, "cov_update_: x must be viewed as (N, C, S); got ", x.dim(), " dims ", x.sizes());
   const auto st = x.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
@@ -26,10 +34,13 @@ inline int64_t check_cov_update_args(const at::Tensor& mean, const at::Tensor& m
   TORCH_CHECK(mean.dim() == 1 && mean.size(0) == c, "cov_update_: mean must have shape (", c, "), got ", mean.sizes());
   TORCH_CHECK(m2.dim() == 2 && m2.size(0) == c && m2.size(1) == c, "cov_update_: m2 must have shape (", c, ", ", c,
               "), got ", m2.sizes());
-  TORCH_CHECK(mean.is_contiguous() && m2.is_contiguous(), "cov_update_: state tensors must be contiguous");
-  TORCH_CHECK(mean.device() == x.device() && m2.device() == x.device(), "cov_update_: state on ", m2.device(),
-              " but x on ", x.device());
-  TORCH_CHECK(count >= 0, "cov_update_: count must be >= 0, got ", count);
+  TORCH_CHECK(counts.scalar_type() == at::kDouble && counts.dim() == 1 && counts.size(0) == kCountsLen,
+              "cov_update_: counts must be a float64 tensor of shape (", kCountsLen,
+              ") [samples, skipped batches], got ", counts.scalar_type(), " ", counts.sizes());
+  TORCH_CHECK(mean.is_contiguous() && m2.is_contiguous() && counts.is_contiguous(),
+              "cov_update_: state tensors must be contiguous");
+  TORCH_CHECK(mean.device() == x.device() && m2.device() == x.device() && counts.device() == x.device(),
+              "cov_update_: state on ", m2.device(), " (counts on ", counts.device(), ") but x on ", x.device());
   return c;
 }
 

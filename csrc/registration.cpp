@@ -6,12 +6,14 @@
 #include <vector>
 
 TORCH_LIBRARY(delve_fast, m) {
-  // Folds x, viewed as (N, C, S), into the float64 state (count, mean, m2),
-  // where m2 is the centred sum of outer products. count is the number of
-  // samples already in the state; the caller tracks it so no device sync is needed.
-  // mixed=True forms each tile's product in float32 (on shifted data) and
-  // accumulates the tiles in float64.
-  m.def("cov_update_(Tensor(a!) mean, Tensor(b!) m2, Tensor x, int count, bool mixed=False) -> ()");
+  // Folds x, viewed as (N, C, S), into the float64 state (mean, m2, counts),
+  // where m2 is the centred sum of outer products and counts is the float64
+  // pair [samples folded in, batches skipped]. The kernel reads and updates
+  // counts itself, on the state's device, so no host sync is ever needed. A
+  // batch holding a NaN or an Inf is left out: mean and m2 keep every bit and
+  // counts[1] grows by one. mixed=True forms each tile's product in float32
+  // (on shifted data) and accumulates the tiles in float64.
+  m.def("cov_update_(Tensor(a!) mean, Tensor(b!) m2, Tensor(c!) counts, Tensor x, bool mixed=False) -> ()");
   // Eigenvalues of each symmetric matrix, descending, negatives clamped to 0.
   m.def("eigvalsh_desc(Tensor[] covs) -> Tensor[]");
 }

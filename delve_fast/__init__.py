@@ -12,7 +12,7 @@ from typing import Any
 from delve_fast import writers
 from delve_fast.covariance import TorchCovarianceMatrix
 from delve_fast.ops import backend_info
-from delve_fast.state import CovarianceState
+from delve_fast.state import CovarianceState, StateTooLargeError
 from delve_fast.tools import reconstruct_csv_from_npy_data
 from delve_fast.tracker import CheckLayerSat, SaturationTracker
 
@@ -28,6 +28,7 @@ __all__ = [
     "CheckLayerSat",
     "TorchCovarianceMatrix",
     "CovarianceState",
+    "StateTooLargeError",
     "backend_info",
     "reconstruct_csv_from_npy_data",
     "writers",

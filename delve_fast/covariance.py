@@ -112,7 +112,28 @@ class TorchCovarianceMatrix:
         self.max_saved_samples = int(max_saved_samples)
         #: The running statistics, a :class:`delve_fast.CovarianceState` (mergeable, checkpointable).
         self.state = CovarianceState(device=self.device, backend=backend, precision=self.precision)
-        self.saved_samples: torch.Tensor | None = None
+        # Stored rows and, per row, whether its batch was folded in (False for a
+        # batch the state skipped as non-finite). The flag is decided on the
+        # device, so storing never waits for a GPU; rows are filtered when read.
+        self._saved_rows: torch.Tensor | None = None
+        self._saved_valid: torch.Tensor | None = None
+
+    @property
+    def saved_samples(self) -> torch.Tensor | None:
+        """The stored samples (``(n, C)`` float64) of the batches folded in, for ``embed``; None if none."""
+        if self._saved_rows is None:
+            return None
+        return self._saved_rows[self._saved_valid]
+
+    @saved_samples.setter
+    def saved_samples(self, rows: torch.Tensor | None) -> None:
+        self._saved_rows = rows
+        self._saved_valid = None if rows is None else torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+
+    @property
+    def saved_nbytes(self) -> int:
+        """Bytes of the sample store (0 without ``save_data``)."""
+        return 0 if self._saved_rows is None else self._saved_rows.numel() * self._saved_rows.element_size()
 
     def reset(self) -> None:
         """Forget every sample seen so far."""
@@ -179,16 +200,31 @@ class TorchCovarianceMatrix:
         """
         if x.dim() != 3:
             raise ValueError(f"update_view expects an (N, C, S) tensor, got shape {tuple(x.shape)}")
-        self.state.update(x)
-        if self.save_data:
-            self._store_samples(x)
+        # One lock for the state and its sample store, so concurrent hooks keep them in step.
+        with self.state._lock:
+            counts = self.state.counts
+            skipped_before = None if counts is None or not self.save_data else counts[1].clone()
+            self.state.update(x)
+            if self.save_data:
+                # Samples of a batch the state left out (NaN or Inf) are flagged, on the device.
+                skipped_now = self.state.counts[1]
+                folded = skipped_now == 0 if skipped_before is None else skipped_now == skipped_before
+                self._store_samples(x, folded)
 
-    def _store_samples(self, x: torch.Tensor) -> None:
-        room = self.max_saved_samples - (0 if self.saved_samples is None else self.saved_samples.shape[0])
+    def _store_samples(self, x: torch.Tensor, folded: torch.Tensor) -> None:
+        room = self.max_saved_samples - (0 if self._saved_rows is None else self._saved_rows.shape[0])
         if room <= 0:
             return
-        rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(self.device, torch.float64)
-        self.saved_samples = rows if self.saved_samples is None else torch.cat([self.saved_samples, rows])
+        # copy=True: with a float64 activation on the state's device the reshape
+        # and cast can both be views, and a later in-place op (ReLU(inplace=True))
+        # would then rewrite the stored samples.
+        rows = x.detach().permute(0, 2, 1).reshape(-1, x.shape[1])[:room].to(self.device, torch.float64, copy=True)
+        valid = folded.to(self.device).expand(rows.shape[0])
+        if self._saved_rows is None:
+            self._saved_rows, self._saved_valid = rows, valid.clone()
+        else:
+            self._saved_rows = torch.cat([self._saved_rows, rows])
+            self._saved_valid = torch.cat([self._saved_valid, valid])
 
     def mean(self) -> torch.Tensor:
         """Return the running mean, ``(C,)`` float64."""

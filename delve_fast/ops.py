@@ -204,14 +204,36 @@ def _check_cov_update(kernel: Callable[..., Any], device: torch.device) -> bool:
         for fn, fn_mixed in ((kernel, mixed), (_reference.cov_update_, False)):
             mean = torch.zeros(c, dtype=torch.float64, device=device)
             m2 = torch.zeros(c, c, dtype=torch.float64, device=device)
-            fn(mean, m2, x, 0, fn_mixed)
-            fn(mean, m2, x[: n // 3 + 1], n * s, fn_mixed)
-            states.append((mean.cpu(), m2.cpu()))
-        (mean_k, m2_k), (mean_t, m2_t) = states
+            counts = torch.zeros(_reference.COUNTS_LEN, dtype=torch.float64, device=device)
+            fn(mean, m2, counts, x, fn_mixed)
+            fn(mean, m2, counts, x[: n // 3 + 1], fn_mixed)
+            states.append((mean.cpu(), m2.cpu(), counts.cpu()))
+        (mean_k, m2_k, counts_k), (mean_t, m2_t, counts_t) = states
         rtol = 1e-4 if mixed else 1e-9
         if not (_close(mean_k, mean_t, rtol) and _close(m2_k, m2_t, rtol) and torch.equal(m2_k, m2_k.T)):
             return False
-    return True
+        if not torch.equal(counts_k, counts_t):
+            return False
+    return _check_cov_update_skips(kernel, device)
+
+
+def _check_cov_update_skips(kernel: Callable[..., Any], device: torch.device) -> bool:
+    """A batch holding a NaN, then one holding an Inf, must leave the kernel's state bit-identical."""
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    mean = torch.zeros(70, dtype=torch.float64, device=device)
+    m2 = torch.zeros(70, 70, dtype=torch.float64, device=device)
+    counts = torch.zeros(_reference.COUNTS_LEN, dtype=torch.float64, device=device)
+    kernel(mean, m2, counts, torch.randn(40, 70, 3, generator=gen).to(device), False)
+    before = (mean.clone(), m2.clone(), counts.clone())
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(350, 70, 3, generator=gen)
+        x[123, 45, 1] = bad
+        kernel(mean, m2, counts, x.to(device), False)
+    return (
+        torch.equal(mean, before[0])
+        and torch.equal(m2, before[1])
+        and counts.cpu().tolist() == [before[2][0].item(), before[2][1].item() + 2]
+    )
 
 
 def _check_eigvalsh_desc(kernel: Callable[..., Any], device: torch.device) -> bool:
@@ -296,17 +318,19 @@ def _implementation(op: str, device: torch.device, backend: str | None) -> Calla
 def cov_update_(
     mean: torch.Tensor,
     m2: torch.Tensor,
+    counts: torch.Tensor,
     x: torch.Tensor,
-    count: int,
     backend: str | None = None,
     *,
     precision: str = "double",
 ) -> None:
-    """Fold the batch ``x`` (viewed ``(N, C, S)``) into the float64 state ``(count, mean, m2)``.
+    """Fold the batch ``x`` (viewed ``(N, C, S)``) into the float64 state ``(mean, m2, counts)``.
 
     See :func:`delve_fast._reference.cov_update_` for the exact contract. The
-    state is updated in place; ``count`` is the number of samples folded in
-    before this call (the caller keeps it, so no device sync is needed).
+    state is updated in place. ``counts`` is the ``(2,)`` float64 tensor
+    ``[samples, skipped batches]`` on the state's device: the op reads and
+    advances it there, so no device sync is ever needed. A batch holding a NaN
+    or an Inf leaves ``mean`` and ``m2`` bit-identical and adds one to ``counts[1]``.
 
     Parameters
     ----------
@@ -316,7 +340,7 @@ def cov_update_(
         ``docs/precision.md`` for its error bound.
     """
     mixed = check_precision(precision) == "mixed"
-    _implementation("cov_update_", x.device, backend)(mean, m2, x, int(count), mixed)
+    _implementation("cov_update_", x.device, backend)(mean, m2, counts, x, mixed)
 
 
 def eigvalsh_desc(covs: Sequence[torch.Tensor], backend: str | None = None) -> list[torch.Tensor]:
@@ -343,7 +367,7 @@ def eigvalsh_desc(covs: Sequence[torch.Tensor], backend: str | None = None) -> l
 # ----------------------------------------------------------------------------- fakes
 
 
-def _cov_update_fake(mean, m2, x, count, mixed=False):  # noqa: ARG001
+def _cov_update_fake(mean, m2, counts, x, mixed=False):  # noqa: ARG001
     return None
 
 

@@ -8,6 +8,7 @@ output, and hand the batch back; the tracker itself keeps no counters.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from delve_fast import stats as S
 from delve_fast import views
 from delve_fast.covariance import TorchCovarianceMatrix
 from delve_fast.masking import WeightedMoments
+from delve_fast.state import StateTooLargeError, state_nbytes
 
 __all__ = ["LayerRecorder", "Pending"]
 
@@ -39,6 +41,10 @@ class LayerRecorder:
     max_samples : int, optional
         Batch rows (dim 0 entries) recorded per layer and mode between two
         :meth:`end_epoch` calls; ``None`` means no limit.
+    max_state_bytes : int, optional
+        Largest covariance state (bytes of one layer and mode, see
+        :func:`delve_fast.state.state_nbytes`) that :meth:`fold` may create;
+        ``None`` means no limit.
 
     Attributes
     ----------
@@ -49,11 +55,20 @@ class LayerRecorder:
     """
 
     def __init__(
-        self, make_state: Callable[[str], TorchCovarianceMatrix], log_interval: int, max_samples: int | None
+        self,
+        make_state: Callable[[str], TorchCovarianceMatrix],
+        log_interval: int,
+        max_samples: int | None,
+        max_state_bytes: int | None = None,
     ) -> None:
         self._make_state = make_state
         self.log_interval = log_interval
         self.max_samples = max_samples
+        self.max_state_bytes = max_state_bytes
+        # Guards the counters and the creation of states when hooks run in
+        # several threads (nn.DataParallel replicas); each state serialises its
+        # own updates, so different layers still fold in parallel.
+        self._lock = threading.Lock()
         self.logs: dict[str, dict[str, TorchCovarianceMatrix]] = {f"{m}-{_COV}": {} for m in S.MODES}
         self.seen_samples: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
         self.forward_counts: dict[str, dict[str, int]] = {m: {} for m in S.MODES}
@@ -72,14 +87,15 @@ class LayerRecorder:
         room : int or None
             Batch rows still allowed this epoch (``None``: no limit).
         """
-        counts = self.forward_counts[mode]
-        counts[name] = counts.get(name, 0) + 1
-        if counts[name] % self.log_interval:
-            return False, None
-        if self.max_samples is None:
-            return True, None
-        room = self.max_samples - self.seen_samples[mode].get(name, 0)
-        return room > 0, room
+        with self._lock:
+            counts = self.forward_counts[mode]
+            counts[name] = counts.get(name, 0) + 1
+            if counts[name] % self.log_interval:
+                return False, None
+            if self.max_samples is None:
+                return True, None
+            room = self.max_samples - self.seen_samples[mode].get(name, 0)
+            return room > 0, room
 
     def flatten_order(self, mode: str, name: str) -> views.FlattenOrder | None:
         """The feature order a ``flatten`` state of this layer started with, if any."""
@@ -88,42 +104,75 @@ class LayerRecorder:
     def fold(self, mode: str, name: str, batch: views.Batch, keep: torch.Tensor | None = None) -> None:
         """Fold a viewed batch into the layer's state, creating the state on first use.
 
-        With ``keep`` (``(N, S)`` bool, from a token mask) only the kept
-        samples count; they gather on the device and join the state in
-        :meth:`flush`.
+        Safe to call from several threads at once: the result is the state a
+        single thread would leave after the same batches (to float64 rounding
+        of the order). With ``keep`` (``(N, S)`` bool, from a token mask) only
+        the kept samples count; they gather on the device and join the state
+        in :meth:`flush`.
+
+        Raises
+        ------
+        StateTooLargeError
+            When the state does not exist yet and would exceed ``max_state_bytes``.
         """
-        if batch.flatten_order is not None:
-            self.flatten_orders.setdefault((mode, name), batch.flatten_order)
-        seen = self.seen_samples[mode]
-        seen[name] = seen.get(name, 0) + batch.rows
-        states = self.logs[f"{mode}-{_COV}"]
-        state = states.get(name)
-        if state is None:
-            state = states[name] = self._make_state(mode)
-        if keep is None:
-            state.update_view(batch.view)
-            return
-        moments = self.masked.get((mode, name))
-        if moments is None:
-            moments = self.masked[(mode, name)] = WeightedMoments(state.device)
-        moments.update(batch.view, keep)
-        if state.save_data:  # the embed store takes kept tokens by boolean selection (one sync)
-            state._store_samples(batch.view.transpose(1, 2)[keep].unsqueeze(-1))
+        with self._lock:
+            states = self.logs[f"{mode}-{_COV}"]
+            state = states.get(name)
+            if state is None:
+                self._check_size(mode, name, int(batch.view.shape[1]))
+                state = states[name] = self._make_state(mode)
+            if batch.flatten_order is not None:
+                self.flatten_orders.setdefault((mode, name), batch.flatten_order)
+            seen = self.seen_samples[mode]
+            seen[name] = seen.get(name, 0) + batch.rows
+            if keep is not None:
+                moments = self.masked.get((mode, name))
+                if moments is None:
+                    moments = self.masked[(mode, name)] = WeightedMoments(state.device)
+                moments.update(batch.view, keep)
+                if state.save_data:  # the embed store takes kept tokens by boolean selection (one sync)
+                    state._store_samples(batch.view.transpose(1, 2)[keep].unsqueeze(-1))
+                return
+        state.update_view(batch.view)
 
     def flush(self) -> None:
         """Merge the token-masked samples gathered so far into their states."""
-        for (mode, name), moments in self.masked.items():
-            moments.merge_into(self.logs[f"{mode}-{_COV}"][name].state)
+        with self._lock:
+            for (mode, name), moments in self.masked.items():
+                moments.merge_into(self.logs[f"{mode}-{_COV}"][name].state)
+
+    def _check_size(self, mode: str, name: str, width: int) -> None:
+        need = state_nbytes(width)
+        if self.max_state_bytes is None or need <= self.max_state_bytes:
+            return
+        raise StateTooLargeError(
+            f"layer {name!r} ({mode}) has {width} features: its float64 covariance state would need "
+            f"{_human(need)} ({need} bytes, {width}^2 float64), above max_state_bytes={self.max_state_bytes} "
+            f"({_human(self.max_state_bytes)}). Remedies: a conv_method that pools ('channelwise', 'mean', "
+            "'max', 'median') instead of 'flatten'; interpolation_strategy (e.g. 'nearest') with a smaller "
+            "interpolation_downsampling to shrink conv maps; layer_filter or ignore_layer_names to leave the "
+            "layer out; or raise max_state_bytes (None disables the check)."
+        )
+
+    def state_bytes(self) -> int:
+        """Bytes held by every covariance state and stored embed sample, all layers and modes."""
+        with self._lock:
+            states = [state for per_mode in self.logs.values() for state in per_mode.values()]
+        total = 0
+        for state in states:
+            total += state.state.nbytes + state.saved_nbytes
+        return total
 
     def pending(self, layer_names: Iterable[str]) -> list[Pending]:
-        """Every layer and mode with samples, modes first, then in ``layer_names`` order."""
+        """Every layer and mode with samples or skipped batches, modes first, then in ``layer_names`` order."""
         self.flush()
         names = list(layer_names)
         return [
             (mode, name, state)
             for mode in S.MODES
             for name in names
-            if (state := self.logs[f"{mode}-{_COV}"].get(name)) is not None and state.n_samples > 0
+            if (state := self.logs[f"{mode}-{_COV}"].get(name)) is not None
+            and (state.n_samples > 0 or state.state.skipped_batches > 0)
         ]
 
     def end_epoch(self, layer_names: Iterable[str], reset: bool) -> None:
@@ -141,8 +190,10 @@ class LayerRecorder:
 
         Each layer's running statistics are its :class:`~delve_fast.state.CovarianceState`'s
         own ``state_dict()`` (passed through whole, so fields it adds travel too),
-        plus the samples kept for ``embed``.
+        plus the samples kept for ``embed``. Token-masked samples not yet
+        merged are merged first, so they travel too.
         """
+        self.flush()
         states: dict[str, dict[str, Any]] = {}
         for mode in S.MODES:
             states[mode] = {
@@ -179,3 +230,13 @@ class LayerRecorder:
             (str(mode), str(name)): (str(order[0]), tuple(int(d) for d in order[1]))
             for mode, name, order in state["flatten_orders"]
         }
+
+
+def _human(nbytes: int) -> str:
+    """``nbytes`` in the largest binary unit that keeps it >= 1 (e.g. ``2.0 GiB``)."""
+    value, unit = float(nbytes), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}" if unit != "B" else f"{nbytes} B"

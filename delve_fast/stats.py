@@ -64,6 +64,12 @@ IDIM_GAP = 0.02
 #: Accepted ``rule`` values of :func:`intrinsic_dimensionality`.
 IDIM_RULES: tuple[str, ...] = ("delve", "gap")
 
+#: Rounding allowance of a cumulative share, in units of ``n * eps`` for ``n``
+#: eigenvalues: a float64 cumulative sum of ``n`` non-negative terms divided by
+#: their (separately summed) total is within about ``2 * n * eps`` of the exact
+#: share; 4 leaves a factor of two.
+IDIM_SHARE_ULPS = 4
+
 
 def _as_numpy(eigenvalues: Any) -> np.ndarray:
     if isinstance(eigenvalues, torch.Tensor):
@@ -78,7 +84,13 @@ def intrinsic_dimensionality(eigenvalues: Any, threshold: float = 0.99, *, rule:
     """Number of eigendirections needed to explain ``threshold`` of the variance.
 
     With ``p_k = (l_1 + ... + l_k) / sum(l)`` for eigenvalues in descending
-    order, two rules are offered:
+    order, two rules are offered. A share counts as reaching the threshold
+    when it is within ``4 * n * eps`` (``n`` eigenvalues, float64 ``eps``) of
+    it, so rounding never decides: in exact arithmetic ``p_n = 1``, and with
+    ``threshold=1.0`` the last share is therefore never counted as short,
+    whichever backend summed it. For full-rank data ``threshold=1.0`` gives
+    ``n - 1`` under ``"delve"`` (the shares ``p_1 .. p_{n-1}`` fall short of
+    the whole variance) on every backend.
 
     ``"delve"`` (default)
         The number of ``k`` with ``p_k < threshold``. This is exactly what
@@ -118,7 +130,7 @@ def intrinsic_dimensionality(eigenvalues: Any, threshold: float = 0.99, *, rule:
         # delve's shares are 0/0 = NaN here: no comparison is true.
         return 0 if rule == "delve" else 1
     shares = np.cumsum(lam) / total
-    below = shares < threshold
+    below = shares < threshold - IDIM_SHARE_ULPS * dim * np.finfo(np.float64).eps
     count = int(below.sum())
     if rule == "delve":
         return count

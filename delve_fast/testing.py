@@ -21,6 +21,7 @@ __all__ = [
     "devices",
     "require_compiled_device",
     "fresh_state",
+    "fold_all",
     "samples_f64",
     "np_mean_cov",
     "assert_cov_close",
@@ -60,12 +61,30 @@ def require_compiled_device(device: str) -> None:
         pytest.skip(f"extension built without {device} kernels")
 
 
-def fresh_state(c: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """An empty covariance state: ``mean`` (C,) and ``m2`` (C, C), float64 zeros."""
+def fresh_state(c: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An empty covariance state: ``mean`` (C,), ``m2`` (C, C) and ``counts`` (2,), float64 zeros.
+
+    ``counts`` is ``[samples, skipped batches]``, the third argument of
+    ``cov_update_``: ``fn(*fresh_state(c), x)`` folds one batch into a new state.
+    """
     return (
         torch.zeros(c, dtype=torch.float64, device=device),
         torch.zeros(c, c, dtype=torch.float64, device=device),
+        torch.zeros(2, dtype=torch.float64, device=device),
     )
+
+
+def fold_all(
+    fn: Any, batches: list[torch.Tensor], device: str | torch.device = "cpu", **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Fold ``batches`` in order into a fresh state with ``fn(mean, m2, counts, x, **kwargs)``.
+
+    Returns ``(mean, m2, samples)`` with ``samples`` read back from ``counts``.
+    """
+    mean, m2, counts = fresh_state(batches[0].shape[1], device)
+    for x in batches:
+        fn(mean, m2, counts, x, **kwargs)
+    return mean, m2, int(counts[0].item())
 
 
 def samples_f64(x: torch.Tensor) -> np.ndarray:

@@ -30,12 +30,19 @@ from delve_fast import validation as V
 from delve_fast._loader import check_backend
 from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
 from delve_fast.recorder import LayerRecorder
+from delve_fast.safe_stats import compute_layers_safely
 from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
 from delve_fast.writers import AbstractWriter, CompositWriter
 
 __all__ = ["SaturationTracker", "CheckLayerSat", "CONV_METHODS", "TIMESERIES_METHODS", "INTERPOLATION_MODES"]
 
 log = logging.getLogger("delve_fast")
+
+#: Default ``max_state_bytes``: 1 GiB for one layer's state in one mode, i.e.
+#: up to 11585 features. Every channelwise conv and ordinary Linear layer fits
+#: far below it (4096 features = 128 MiB); a ``flatten`` of a conv map, whose
+#: width is C*H*W, is what crosses it, and its eigen-solve would take minutes.
+DEFAULT_MAX_STATE_BYTES = 1 << 30
 
 
 def _identity_filter(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -139,6 +146,23 @@ class SaturationTracker:
         call :meth:`add_saturations`. ``True``: the default group (must be
         initialised); ``False``: every rank works alone (delve's behaviour); or
         the ``ProcessGroup`` to use. See ``docs/distributed.md``.
+    max_state_bytes : int or None, default 1 GiB
+        Keyword only. Largest covariance state of one layer in one mode
+        (``8 * (C*C + C + 2)`` bytes for ``C`` features). A layer whose state
+        would be larger raises :class:`delve_fast.StateTooLargeError`
+        at its first recorded forward pass, before anything is allocated,
+        naming the layer, its width, the bytes and the remedies. ``None``
+        disables the check. :meth:`state_bytes` reports what is held.
+
+    Notes
+    -----
+    A batch holding a NaN or an Inf is left out of that layer's state (the
+    state keeps every bit) and counted; :meth:`add_saturations` warns once per
+    affected layer with the count, and reports NaN cells for a layer with no
+    valid data or whose statistics cannot be computed, while the other layers
+    and the user's scalars are written as usual. Forward hooks may run in
+    several threads at once (``nn.DataParallel``): updates of one state are
+    serialised.
 
     Examples
     --------
@@ -179,6 +203,7 @@ class SaturationTracker:
         precision: str = "double",
         layer_types: str | Sequence[type[nn.Module]] = "all",
         distributed: bool | None | Any = None,
+        max_state_bytes: int | None = DEFAULT_MAX_STATE_BYTES,
     ) -> None:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._closed = False
@@ -195,6 +220,11 @@ class SaturationTracker:
             raise TypeError(f"layer_filter must be callable, got {type(layer_filter).__name__}")
         self.backend = None if backend is None else check_backend(backend)
         self.precision = ops.check_precision(precision)
+        if max_state_bytes is not None and (
+            isinstance(max_state_bytes, bool) or not isinstance(max_state_bytes, int) or max_state_bytes < 1
+        ):
+            raise ValueError(f"max_state_bytes must be a positive int (bytes) or None, got {max_state_bytes!r}")
+        self.max_state_bytes = max_state_bytes
         self.nosave, self.verbose, self.include_conv = bool(nosave), bool(verbose), bool(include_conv)
         self.layerwise_sat, self.reset_covariance = bool(layerwise_sat), bool(reset_covariance)
         self.average_sat = bool(average_sat)
@@ -219,7 +249,7 @@ class SaturationTracker:
             )
 
         self.writer: AbstractWriter = CompositWriter([])
-        self._recorder = LayerRecorder(self._new_state, self.log_interval, self.max_samples)
+        self._recorder = LayerRecorder(self._new_state, self.log_interval, self.max_samples, self.max_state_bytes)
         # delve's attribute names, shared with the recorder (user code reads them).
         self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
@@ -287,7 +317,18 @@ class SaturationTracker:
             raise AttributeError(f"neither {type(self).__name__} nor its writer has attribute {name!r}") from None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(layers={list(self.layers)}, stats={self.stats})"
+        return (
+            f"{type(self).__name__}(layers={list(self.layers)}, stats={self.stats}, state_bytes={self.state_bytes()})"
+        )
+
+    def state_bytes(self) -> int:
+        """Bytes held now by every layer's covariance states (both modes) and stored ``embed`` samples.
+
+        A state of ``C`` features is ``8 * (C*C + C + 2)`` bytes; states are
+        created at a layer's first recorded forward pass and freed by the
+        reset after :meth:`add_saturations`.
+        """
+        return self._recorder.state_bytes()
 
     def __enter__(self) -> SaturationTracker:
         return self
@@ -454,6 +495,9 @@ class SaturationTracker:
         Nothing is reset or written. Under ``distributed`` the ranks' states
         are merged first and the eigen solves are shared out
         (:func:`delve_fast.distributed.compute_merged`); every rank must call it.
+        On one process it never raises from linear algebra: see
+        :func:`delve_fast.safe_stats.compute_layers_safely` (NaN cells and a
+        :class:`RuntimeWarning` per affected layer, skipped-batch counts).
 
         Returns
         -------
@@ -472,7 +516,8 @@ class SaturationTracker:
             (mode, name, state, partial(views.covariance_in_chw_order, order=self._recorder.flatten_order(mode, name)))
             for mode, name, state in self._recorder.pending(self.layers)
         ]
-        return S.compute_layers(
+        # Never raises from linear algebra: a layer that cannot be computed gets NaN cells and a warning.
+        return compute_layers_safely(
             entries, self._mode_stats, self.threshold, self.idim_rule, average=self.average_sat, backend=self.backend,
             warned=self._warned_few_samples,
         )  # fmt: skip
@@ -484,6 +529,9 @@ class SaturationTracker:
         one npy file number, one plot number and one TensorBoard step, all
         equal to :attr:`epoch`, even when no layer saw data (its cells are
         empty, NaN). Layers and modes that saw no data are skipped.
+        A layer whose recorded batches all held NaN or Inf, or whose statistics
+        cannot be computed, gets NaN cells and a warning; the covariances are
+        still reset and the epoch advances.
 
         Parameters
         ----------

@@ -55,8 +55,8 @@ def _run_both_ops(backend=None):
     """Call both public ops once and check the answers against NumPy float64."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(30, 7, 4, generator=gen) * 2 + 1
-    mean, m2 = fresh_state(7)
-    ops.cov_update_(mean, m2, x, 0, backend=backend)
+    mean, m2, counts = fresh_state(7)
+    ops.cov_update_(mean, m2, counts, x, backend=backend)
     ref_mean, ref_cov = np_mean_cov(samples_f64(x))
     # fp64 accumulation of 120 samples: errors ~1e-15 relative; 1e-10 is a wide margin.
     torch.testing.assert_close(mean, torch.from_numpy(ref_mean), rtol=1e-10, atol=1e-10)
@@ -116,7 +116,7 @@ def test_backend_names_are_case_and_space_insensitive(spies, monkeypatch):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda b: ops.cov_update_(*fresh_state(3), torch.randn(2, 3, 1), 0, backend=b),
+        lambda b: ops.cov_update_(*fresh_state(3), torch.randn(2, 3, 1), backend=b),
         lambda b: ops.eigvalsh_desc([torch.eye(2)], backend=b),
         lambda b: delve_fast.backend_info(b),
         lambda b: ops.resolve_backend("cpu", b),
@@ -133,7 +133,7 @@ def test_invalid_backend_argument(call):
 def test_invalid_backend_env(monkeypatch):
     monkeypatch.setenv("DELVE_FAST_BACKEND", "fastest")
     with pytest.raises(ValueError, match="DELVE_FAST_BACKEND") as err:
-        ops.cov_update_(*fresh_state(3), torch.randn(2, 3, 1), 0)
+        ops.cov_update_(*fresh_state(3), torch.randn(2, 3, 1))
     for name in ("fastest", "auto", "cpp", "torch"):
         assert name in str(err.value)
 
@@ -195,7 +195,10 @@ def _inject(monkeypatch, compiled, name, fn):
     calls = []
 
     def wrapper(*args):
-        calls.append(args)
+        # Tensors the op updates in place (cov_update_'s counts) are recorded as they were at the call.
+        calls.append(
+            tuple(a.clone() if isinstance(a, torch.Tensor) and a.dim() == 1 and a.numel() == 2 else a for a in args)
+        )
         return fn(*args)
 
     monkeypatch.setattr(compiled, name, wrapper)
@@ -205,8 +208,8 @@ def _inject(monkeypatch, compiled, name, fn):
 def _state_after_one_update(backend=None):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(50, 9, 3, generator=gen) * 2 + 3
-    mean, m2 = fresh_state(9)
-    ops.cov_update_(mean, m2, x, 0, backend=backend)
+    mean, m2, counts = fresh_state(9)
+    ops.cov_update_(mean, m2, counts, x, backend=backend)
     ref_mean, ref_cov = np_mean_cov(samples_f64(x))
     return mean, m2 / 150, ref_mean, ref_cov
 
@@ -226,26 +229,30 @@ def test_self_check_accepts_the_real_kernels(checked_cpu, monkeypatch, recwarn):
     assert not [r for r in recwarn if "delve_fast" in str(r.message)]
     assert ops.backend_info()["self_check"] == {"cov_update_@cpu": True, "eigvalsh_desc@cpu": True}
     # The check's own calls, then the user's: the kernel served it.
-    assert len(calls) > 1 and calls[-1][2].shape == (50, 9, 3)
+    assert len(calls) > 1 and calls[-1][3].shape == (50, 9, 3)
 
 
 def test_self_check_input_covers_tiles_dtypes_and_precisions(checked_cpu, monkeypatch):
     calls = _inject(monkeypatch, checked_cpu, "cov_update_", checked_cpu.cov_update_)
-    ops.cov_update_(*fresh_state(4), torch.randn(3, 4, 1), 0)
+    ops.cov_update_(*fresh_state(4), torch.randn(3, 4, 1))
     check_calls = calls[:-1]
-    seen = [(x.shape[1], x.shape[0] * x.shape[2], x.dtype, mixed) for _, _, x, _, mixed in check_calls]
+    seen = [(x.shape[1], x.shape[0] * x.shape[2], x.dtype, mixed) for _, _, _, x, mixed in check_calls]
     assert {dt for _, _, dt, _ in seen} == {torch.float16, torch.bfloat16, torch.float32, torch.float64}
     # More than one 64-wide CUDA Gram tile, in both precisions, with enough samples for two sample splits.
     assert {mixed for c, k, _, mixed in seen if c > 64 and k > 1024} == {False, True}
     assert len({c for c, _, _, _ in seen}) >= 3
     # Cases also fold a second batch into a non-empty state (the merge path), in both layouts.
-    assert any(count > 0 for _, _, _, count, _ in check_calls)
-    assert {x.stride(1) == 1 for _, _, x, _, _ in check_calls} == {False, True}
+    assert any(counts[0] > 0 for _, _, counts, _, _ in check_calls)
+    assert {x.stride(1) == 1 for _, _, _, x, _ in check_calls} == {False, True}
+    # And batches holding a NaN and an Inf, which must be skipped.
+    assert {"nan", "inf"} <= {
+        "nan" if x.isnan().any() else "inf" for _, _, _, x, _ in check_calls if not x.isfinite().all()
+    }
 
 
 def _off_by_a_millionth(real):
-    def kernel(mean, m2, x, count, mixed):
-        real(mean, m2, x, count, mixed)
+    def kernel(mean, m2, counts, x, mixed):
+        real(mean, m2, counts, x, mixed)
         m2.mul_(1 + 1e-6)  # symmetric, plausible, wrong
 
     return kernel
@@ -282,12 +289,12 @@ def test_raising_kernel_under_cpp_is_a_clear_error(checked_cpu, monkeypatch):
         raise RuntimeError("kernel launch failed")
 
     calls = _inject(monkeypatch, checked_cpu, "cov_update_", boom)
-    mean, m2 = fresh_state(4)
+    mean, m2, counts = fresh_state(4)
     with pytest.raises(RuntimeError, match=r"cov_update_ kernel on cpu raised RuntimeError: kernel launch failed"):
-        ops.cov_update_(mean, m2, torch.randn(3, 4, 1), 0, backend="cpp")
+        ops.cov_update_(mean, m2, counts, torch.randn(3, 4, 1), backend="cpp")
     # The verdict is kept: the next call fails too, without running the kernel again.
     with pytest.raises(RuntimeError, match=r"backend 'cpp'.*cov_update_ kernel on cpu failed its self-check"):
-        ops.cov_update_(mean, m2, torch.randn(3, 4, 1), 0, backend="cpp")
+        ops.cov_update_(mean, m2, counts, torch.randn(3, 4, 1), backend="cpp")
     assert len(calls) == 1
     assert torch.equal(mean, torch.zeros(4, dtype=torch.float64)) and not m2.any()
 
@@ -342,10 +349,10 @@ def test_cuda_self_check_passes(compiled):  # noqa: ARG001
     if not ops.has_compiled_kernel("cuda"):
         pytest.skip("extension built without CUDA kernels")
     x = torch.randn(8, 5, 3, device="cuda")
-    mean, m2 = fresh_state(5, "cuda")
+    mean, m2, counts = fresh_state(5, "cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ops.cov_update_(mean, m2, x, 0, backend="cpp")
+        ops.cov_update_(mean, m2, counts, x, backend="cpp")
         ops.eigvalsh_desc([m2], backend="cpp")
     key = f"cuda:{torch.cuda.current_device()}"
     checks = ops.backend_info()["self_check"]
@@ -373,9 +380,10 @@ _CHILD = textwrap.dedent(
         x = torch.randn(40, 6, 3, generator=gen) * 3 + 1
         mean = torch.zeros(6, dtype=torch.float64)
         m2 = torch.zeros(6, 6, dtype=torch.float64)
+        counts = torch.zeros(2, dtype=torch.float64)
         try:
-            ops.cov_update_(mean, m2, x, 0)
-            ops.cov_update_(mean, m2, x[:10], 120)
+            ops.cov_update_(mean, m2, counts, x)
+            ops.cov_update_(mean, m2, counts, x[:10])
             w = ops.eigvalsh_desc([m2 / 150])
             out["cov"] = (m2 / 150).tolist()
             out["eig"] = w[0].tolist()

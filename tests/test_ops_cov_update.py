@@ -34,6 +34,7 @@ from delve_fast.testing import (
     FLOAT_DTYPES,
     assert_cov_close,
     devices,
+    fold_all,
     fresh_state,
     np_mean_cov,
     opcheck_batch,
@@ -52,7 +53,7 @@ IMPLS = ["compiled", "twin"]
 
 @pytest.fixture(params=IMPLS)
 def impl(request):
-    """(name, fn) for the compiled op and the twin, each called as fn(mean, m2, x, count)."""
+    """(name, fn) for the compiled op and the twin, each called as fn(mean, m2, counts, x)."""
     if request.param == "compiled":
         return "compiled", request.getfixturevalue("compiled").cov_update_
     return "twin", _reference.cov_update_
@@ -82,13 +83,7 @@ def make_batch(n, c, s, dtype=torch.float64, seed=0, device="cpu", offset=2.0):
 
 def run_updates(fn, batches, device="cpu"):
     """Fold ``batches`` in order into a fresh state; return (mean, m2, count)."""
-    c = batches[0].shape[1]
-    mean, m2 = fresh_state(c, device)
-    count = 0
-    for x in batches:
-        fn(mean, m2, x, count)
-        count += x.shape[0] * x.shape[2]
-    return mean, m2, count
+    return fold_all(fn, batches, device)
 
 
 def numpy_reference(batches):
@@ -257,11 +252,12 @@ def test_thread_counts(compiled, shape, threads):
 def test_empty_batch_is_a_no_op(impl):
     fn = _fn_for(impl, "cpu")
     x = make_batch(50, 5, 2, seed=1)
-    mean, m2, count = run_updates(fn, [x])
-    before = (mean.clone(), m2.clone())
-    fn(mean, m2, torch.empty(0, 5, 2), count)
-    fn(mean, m2, torch.empty(4, 5, 0), count)
-    assert torch.equal(mean, before[0]) and torch.equal(m2, before[1])
+    mean, m2, counts = fresh_state(5)
+    fn(mean, m2, counts, x)
+    before = (mean.clone(), m2.clone(), counts.clone())
+    fn(mean, m2, counts, torch.empty(0, 5, 2))
+    fn(mean, m2, counts, torch.empty(4, 5, 0))
+    assert torch.equal(mean, before[0]) and torch.equal(m2, before[1]) and torch.equal(counts, before[2])
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -423,9 +419,9 @@ def test_input_not_modified(impl, layout, device):
     fn = _fn_for(impl, device)
     x, base = _layout(layout, device)(seed=3)
     before = base.clone()
-    mean, m2 = fresh_state(x.shape[1], device)
-    fn(mean, m2, x, 0)
-    fn(mean, m2, x, x.shape[0] * x.shape[2])  # second call takes the merge path
+    mean, m2, counts = fresh_state(x.shape[1], device)
+    fn(mean, m2, counts, x)
+    fn(mean, m2, counts, x)  # second call takes the merge path
     assert torch.equal(base, before)
 
 
@@ -453,22 +449,21 @@ def test_several_updates_then_reset(impl, device, c, sizes):
         if i % 3 == 1:
             x = x.permute(0, 2, 1).contiguous().permute(0, 2, 1)  # features adjacent
         batches.append(x)
-    mean, m2 = fresh_state(c, device)
-    count = 0
+    mean, m2, counts = fresh_state(c, device)
     for i, x in enumerate(batches):
-        fn(mean, m2, x, count)
-        count += x.shape[0] * x.shape[2]
+        fn(mean, m2, counts, x)
+        count = int(counts[0])
         check_vs_numpy(mean, m2, count, batches[: i + 1])
 
     # Reset in place: the same tensors, zeroed, count back to 0. Nothing of the
     # old data may survive.
     mean.zero_()
     m2.zero_()
+    counts.zero_()
     fresh = [make_batch(64, c, 5, seed=999, device=device, offset=-4.0), make_batch(3, c, 1, seed=998, device=device)]
-    count = 0
     for x in fresh:
-        fn(mean, m2, x, count)
-        count += x.shape[0] * x.shape[2]
+        fn(mean, m2, counts, x)
+        count = int(counts[0])
     check_vs_numpy(mean, m2, count, fresh)
 
 
@@ -478,22 +473,20 @@ def test_compiled_and_twin_interleave(compiled, device):
     require_compiled_device(device)
     c = 31
     batches = [make_batch(n, c, s, seed=n, device=device) for n, s in [(33, 4), (1, 1), (500, 1), (7, 19)]]
-    mean, m2 = fresh_state(c, device)
-    count = 0
+    mean, m2, counts = fresh_state(c, device)
     for i, x in enumerate(batches):
-        (compiled.cov_update_ if i % 2 == 0 else _reference.cov_update_)(mean, m2, x, count)
-        count += x.shape[0] * x.shape[2]
+        (compiled.cov_update_ if i % 2 == 0 else _reference.cov_update_)(mean, m2, counts, x)
+        count = int(counts[0])
     check_vs_numpy(mean, m2, count, batches)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_public_entry_point(compiled, backend):  # noqa: ARG001 (compiled: fail if the build is broken)
     batches = [make_batch(40, 18, 6, seed=1), make_batch(3, 18, 1, seed=2, dtype=torch.bfloat16)]
-    mean, m2 = fresh_state(18)
-    count = 0
+    mean, m2, counts = fresh_state(18)
     for x in batches:
-        ops.cov_update_(mean, m2, x, count, backend=backend)
-        count += x.shape[0] * x.shape[2]
+        ops.cov_update_(mean, m2, counts, x, backend=backend)
+        count = int(counts[0])
     check_vs_numpy(mean, m2, count, batches)
 
 
@@ -507,11 +500,10 @@ def test_state_never_joins_autograd_graph(impl):
     w = torch.randn(6, 6, requires_grad=True)
     batches = [torch.randn(n, 5, 6) @ w for n in (8, 3)]  # (N, C=5, S=6), part of a graph
     assert all(x.requires_grad for x in batches)
-    mean, m2 = fresh_state(5)
-    count = 0
+    mean, m2, counts = fresh_state(5)
     for x in batches:
-        fn(mean, m2, x, count)
-        count += x.shape[0] * x.shape[2]
+        fn(mean, m2, counts, x)
+        count = int(counts[0])
     assert not mean.requires_grad and mean.grad_fn is None
     assert not m2.requires_grad and m2.grad_fn is None
     check_vs_numpy(mean, m2, count, batches)
@@ -582,17 +574,19 @@ def test_stability_naive_formula_fails():
 def _bad_calls(c=6):
     good_x = torch.randn(4, c, 3)
     z = lambda *s, dt=torch.float64: torch.zeros(*s, dtype=dt)  # noqa: E731
+    n = z(2)
     return {
-        "state-mean-float32": ((z(c, dt=torch.float32), z(c, c), good_x, 0), r"float64"),
-        "state-m2-float32": ((z(c), z(c, c, dt=torch.float32), good_x, 0), r"float64"),
-        "mean-wrong-shape": ((z(c + 1), z(c, c), good_x, 0), r"shape"),
-        "m2-wrong-shape": ((z(c), z(c, c + 1), good_x, 0), r"shape"),
-        "m2-1d": ((z(c), z(c * c), good_x, 0), r"shape"),
-        "integer-x-int64": ((z(c), z(c, c), torch.ones(4, c, 3, dtype=torch.int64), 0), r"(?i)float16|dtype"),
-        "integer-x-int32": ((z(c), z(c, c), torch.ones(4, c, 3, dtype=torch.int32), 0), r"(?i)float16|dtype"),
-        "negative-count": ((z(c), z(c, c), good_x, -1), r"count"),
-        "x-2d": ((z(c), z(c, c), torch.randn(4, c), 0), r"\(N, C, S\)"),
-        "x-4d": ((z(c), z(c, c), torch.randn(4, c, 2, 2), 0), r"\(N, C, S\)"),
+        "state-mean-float32": ((z(c, dt=torch.float32), z(c, c), n, good_x), r"float64"),
+        "state-m2-float32": ((z(c), z(c, c, dt=torch.float32), n, good_x), r"float64"),
+        "mean-wrong-shape": ((z(c + 1), z(c, c), n, good_x), r"shape"),
+        "m2-wrong-shape": ((z(c), z(c, c + 1), n, good_x), r"shape"),
+        "m2-1d": ((z(c), z(c * c), n, good_x), r"shape"),
+        "counts-float32": ((z(c), z(c, c), z(2, dt=torch.float32), good_x), r"counts"),
+        "counts-wrong-shape": ((z(c), z(c, c), z(3), good_x), r"counts"),
+        "integer-x-int64": ((z(c), z(c, c), n, torch.ones(4, c, 3, dtype=torch.int64)), r"(?i)float16|dtype"),
+        "integer-x-int32": ((z(c), z(c, c), n, torch.ones(4, c, 3, dtype=torch.int32)), r"(?i)float16|dtype"),
+        "x-2d": ((z(c), z(c, c), n, torch.randn(4, c)), r"\(N, C, S\)"),
+        "x-4d": ((z(c), z(c, c), n, torch.randn(4, c, 2, 2)), r"\(N, C, S\)"),
     }
 
 
@@ -600,23 +594,33 @@ def _bad_calls(c=6):
 @pytest.mark.parametrize("route", ["raw-op", "cpp", "torch"])
 def test_bad_args_rejected_with_clear_error(compiled, route, case):
     args, pattern = _bad_calls()[case]
-    mean, m2 = args[0].clone(), args[1].clone()
+    mean, m2, counts = args[0].clone(), args[1].clone(), args[2].clone()
     if route == "raw-op":
-        call = lambda: compiled.cov_update_(mean, m2, *args[2:])  # noqa: E731
+        call = lambda: compiled.cov_update_(mean, m2, counts, *args[3:])  # noqa: E731
     else:
-        call = lambda: ops.cov_update_(mean, m2, *args[2:], backend=route)  # noqa: E731
+        call = lambda: ops.cov_update_(mean, m2, counts, *args[3:], backend=route)  # noqa: E731
     with pytest.raises((RuntimeError, ValueError, TypeError), match=pattern):
         call()
     # A rejected call leaves the state untouched.
-    assert torch.equal(mean, args[0]) and torch.equal(m2, args[1])
+    assert torch.equal(mean, args[0]) and torch.equal(m2, args[1]) and torch.equal(counts, args[2])
+
+
+def test_negative_count_rejected_by_the_kernel(compiled):
+    """The compiled kernel reads counts on the CPU and refuses a count that is not a whole number >= 0."""
+    for bad in (-1.0, 2.5, float("nan")):
+        mean, m2, counts = fresh_state(6)
+        counts[0] = bad
+        with pytest.raises(RuntimeError, match=r"counts\[0\]"):
+            compiled.cov_update_(mean, m2, counts, torch.randn(4, 6, 3))
+        assert torch.equal(m2, torch.zeros(6, 6))
 
 
 @pytest.mark.parametrize("device", DEVICES[1:])
 def test_state_on_other_device_rejected(compiled, device):
     require_compiled_device(device)
-    mean, m2 = fresh_state(5, "cpu")
+    mean, m2, counts = fresh_state(5, "cpu")
     with pytest.raises(RuntimeError, match="state on cpu but x on cuda"):
-        compiled.cov_update_(mean, m2, torch.randn(3, 5, 1, device=device), 0)
+        compiled.cov_update_(mean, m2, counts, torch.randn(3, 5, 1, device=device))
 
 
 # ----------------------------------------------------------------------------- CUDA streams and devices
@@ -630,9 +634,9 @@ def test_runs_on_current_stream(compiled, device):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        mean, m2 = fresh_state(50, device)
-        compiled.cov_update_(mean, m2, x, 0)
-        compiled.cov_update_(mean, m2, x, 3000)
+        mean, m2, counts = fresh_state(50, device)
+        compiled.cov_update_(mean, m2, counts, x)
+        compiled.cov_update_(mean, m2, counts, x)
     stream.synchronize()
     check_vs_numpy(mean, m2, 6000, [x, x])
 
@@ -662,7 +666,8 @@ def test_opcheck(compiled, dtype, layout, count, device):
     mean = torch.randn(19, generator=gen, dtype=torch.float64) if count else torch.zeros(19, dtype=torch.float64)
     a = torch.randn(19, 19, generator=gen, dtype=torch.float64)
     m2 = a @ a.t() if count else torch.zeros(19, 19, dtype=torch.float64)
-    torch.library.opcheck(compiled.cov_update_.default, (mean.to(device), m2.to(device), x, count))
+    counts = torch.tensor([float(count), 0.0], dtype=torch.float64)
+    torch.library.opcheck(compiled.cov_update_.default, (mean.to(device), m2.to(device), counts.to(device), x))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -670,5 +675,5 @@ def test_opcheck_input_requires_grad(compiled, device):
     """opcheck's autograd-registration test only bites when an input requires grad."""
     require_compiled_device(device)
     x = torch.randn(5, 7, 3, device=device, requires_grad=True)
-    mean, m2 = fresh_state(7, device)
-    torch.library.opcheck(compiled.cov_update_.default, (mean, m2, x, 0))
+    mean, m2, counts = fresh_state(7, device)
+    torch.library.opcheck(compiled.cov_update_.default, (mean, m2, counts, x))

@@ -89,7 +89,7 @@ with warnings.catch_warnings(record=True) as caught:
     import delve_fast
     from delve_fast import ops
     mean, m2 = torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
-    ops.cov_update_(mean, m2, torch.randn(5, 3, 1), 0)  # would warn again if the fallback warning repeated
+    ops.cov_update_(mean, m2, torch.zeros(2, dtype=torch.float64), torch.randn(5, 3, 1))  # would warn again if the fallback warning repeated
     ops.eigvalsh_desc([torch.eye(3, dtype=torch.float64)])
 try:
     ops.resolve_backend("cpu", "cpp")

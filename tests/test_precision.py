@@ -42,25 +42,23 @@ def test_mixed_within_documented_bound(compiled, backend, shape):  # noqa: ARG00
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(*shape, generator=gen) * 0.3 + 15.0 for _ in range(3)]
     c = shape[1]
-    mean, m2 = fresh_state(c)
-    count = 0
+    mean, m2, counts = fresh_state(c)
     for b in batches:
-        ops.cov_update_(mean, m2, b, count, backend=backend, precision="mixed")
-        count += b.shape[0] * b.shape[2]
+        ops.cov_update_(mean, m2, counts, b, backend=backend, precision="mixed")
+    count = int(counts[0])
     ref = _np_cov(batches)
     got = (m2 / count).numpy()
     scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref)))
     assert np.max(np.abs(got - ref) / scale) <= 1e-4
     # Far from float64 accuracy, so the test would notice a silent float64 fallback.
-    mean64, m264 = fresh_state(c)
-    ops.cov_update_(mean64, m264, torch.cat(batches), 0, backend=backend)
+    mean64, m264, counts64 = fresh_state(c)
+    ops.cov_update_(mean64, m264, counts64, torch.cat(batches), backend=backend)
     assert not torch.equal(m264, m2)
 
 
 def test_precision_argument_is_validated():
-    mean, m2 = fresh_state(3)
     with pytest.raises(ValueError, match="precision='half'.*double, mixed"):
-        ops.cov_update_(mean, m2, torch.randn(2, 3, 1), 0, precision="half")
+        ops.cov_update_(*fresh_state(3), torch.randn(2, 3, 1), precision="half")
 
 
 def _track(model: nn.Module, batches: list[torch.Tensor], precision: str, backend: str) -> dict[str, tuple[float, int]]:
@@ -70,9 +68,8 @@ def _track(model: nn.Module, batches: list[torch.Tensor], precision: str, backen
     def hook(name):
         def fn(_module, _inp, out):
             view = as_channel_view(out.detach())
-            mean, m2, count = states.setdefault(name, [*fresh_state(view.shape[1]), 0])
-            ops.cov_update_(mean, m2, view, count, backend=backend, precision=precision)
-            states[name][2] += view.shape[0] * view.shape[2]
+            mean, m2, counts = states.setdefault(name, list(fresh_state(view.shape[1])))
+            ops.cov_update_(mean, m2, counts, view, backend=backend, precision=precision)
 
         return fn
 
@@ -85,7 +82,7 @@ def _track(model: nn.Module, batches: list[torch.Tensor], precision: str, backen
     for h in handles:
         h.remove()
     names = list(states)
-    covs = [states[n][1] / states[n][2] for n in names]
+    covs = [states[n][1] / states[n][2][0] for n in names]
     eigs = ops.eigvalsh_desc(covs, backend=backend)
     return {n: (stats.saturation(e), stats.intrinsic_dimensionality(e)) for n, e in zip(names, eigs, strict=True)}
 

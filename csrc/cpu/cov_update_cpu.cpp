@@ -6,11 +6,18 @@
 // upper triangle of a Gram accumulator. No permuted or full-size float64 copy of
 // the batch is ever made. The shifted sums then give the batch's centred
 // moments, which are merged into the running state (Chan, Golub & LeVeque).
+//
+// A batch holding a NaN or an Inf is left out, and the state keeps every bit:
+// such a value makes its feature's batch sum non-finite, so the O(C) check of
+// the sums decides, and every path decides before its first write to the
+// state (see accumulate_shifted).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -110,6 +117,61 @@ void initial_shift(const scalar_t* base, const BatchView& v, double* shift) {
   for (int64_t i = 0; i < m; ++i)
     for (int64_t ch = 0; ch < v.c; ++ch) shift[ch] += at_sample(base, v, i, ch);
   for (int64_t ch = 0; ch < v.c; ++ch) shift[ch] /= static_cast<double>(m);
+}
+
+// Whether v[0..n) are all finite. A NaN or an Inf anywhere in a feature's
+// samples makes that feature's (shifted) batch sum NaN or infinite, so this
+// O(C) check of the sums finds every non-finite batch.
+inline bool all_finite(const double* v, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(v[i]);
+  return ok;
+}
+
+// Whether any of len values p[0], p[stride], ... is a NaN or an Inf. v - v is
+// 0 for a finite v and NaN otherwise; the flags are OR-ed (an integer
+// reduction, so the loop vectorises without reordering float sums). Values are
+// read in their own precision (float for the 16-bit types).
+template <typename scalar_t>
+inline bool run_has_nonfinite(const scalar_t* p, int64_t len, int64_t stride) {
+  using F = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  int bad = 0;
+  if (stride == 1) {
+    for (int64_t i = 0; i < len; ++i) {
+      const F z = static_cast<F>(p[i]) - static_cast<F>(p[i]);
+      bad |= z != z;
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      const F z = static_cast<F>(p[i * stride]) - static_cast<F>(p[i * stride]);
+      bad |= z != z;
+    }
+  }
+  return bad != 0;
+}
+
+// Whether the batch holds no NaN or Inf, by one read of every value: used only
+// where the Gram is written before the batch sums are complete (shared panels
+// over several tiles, which means many features, so this pass costs about 1/C
+// of the Gram's flops). Runs along the contiguous axis.
+template <typename scalar_t>
+bool batch_is_finite(const scalar_t* base, const BatchView& v) {
+  std::atomic<bool> ok{true};
+  const int64_t per_n = std::max<int64_t>(1, v.c * v.s);
+  const bool runs_along_s = v.ss == 1 || (v.sc != 1 && v.s >= v.c);
+  at::parallel_for(0, v.n, std::max<int64_t>(1, (1 << 16) / per_n), [&](int64_t n0, int64_t n1) {
+    bool bad = false;
+    for (int64_t n = n0; n < n1 && !bad; ++n) {
+      const scalar_t* img = base + n * v.sn;
+      if (runs_along_s) {
+        for (int64_t ch = 0; ch < v.c; ++ch) bad |= run_has_nonfinite(img + ch * v.sc, v.s, v.ss);
+      } else {
+        for (int64_t s = 0; s < v.s; ++s) bad |= run_has_nonfinite(img + s * v.ss, v.c, v.sc);
+      }
+    }
+    if (bad) ok.store(false, std::memory_order_relaxed);
+  });
+  return ok.load();
 }
 
 // Spans of a prefetch list are cut at this size, so a list can be shared out
@@ -245,6 +307,8 @@ struct Merge {
 
 // How far accumulate_shifted got.
 struct Accumulated {
+  // The batch holds a NaN or an Inf: g was not written and must not be merged.
+  bool skipped = false;
   // The Gram's epilogue already merged the batch and mirrored g.
   bool merged = false;
   // Per-thread Gram sums (upper triangle, ld = c) still to be added to g.
@@ -254,6 +318,13 @@ struct Accumulated {
 // Adds the shifted Gram of every sample into g (upper triangle, ld = c) and the
 // shifted sums into sums. Where the last tile is shared between threads, the
 // merge is also done there (merge is prepared from the old mean mu and count).
+//
+// A non-finite batch is found before g is first written, on every path: split
+// samples accumulate into private buffers only, and the caller checks the sums
+// before merging them; a single shared tile is packed (sums complete) before
+// its Gram; several shared tiles are checked by batch_is_finite first. The
+// private buffer of thread 0 (one C x C zero-fill and read) is what a skipped
+// batch costs the split path; no backup of the state is ever taken.
 template <typename scalar_t, typename P>
 Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const double* shift, const double* mu,
                                int64_t count, double* g, double* sums, Merge& merge) {
@@ -265,27 +336,24 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
   // whenever each thread gets enough tiles and the private accumulators stay
   // small. With only a tile or two each, the private accumulators and the
   // unprefetched first tile of every thread cost more than sharing the panel.
-  const bool split_samples =
-      (nthreads == 1) || (ntiles >= kMinTilesPerThread * nthreads && (nthreads - 1) * gram_bytes <= kPrivateGramBytes);
+  const bool split_samples = (nthreads == 1 && gram_bytes <= kPrivateGramBytes) ||
+                             (ntiles >= kMinTilesPerThread * nthreads && nthreads * gram_bytes <= kPrivateGramBytes);
   if (split_samples) {
     // Few features, many samples: each thread owns a range of tiles and a
-    // private accumulator (thread 0 writes straight into g).
+    // private accumulator (g is left alone until the sums are known finite).
     const std::vector<int32_t> tasks = block_tasks<P>(v.nblk, kTile);
     const int64_t ntasks = static_cast<int64_t>(tasks.size()) / 3;
     // Pack several tiles at once when they fit in L2: the packer then reads
     // longer runs of each feature, which the hardware prefetcher streams well.
     const int64_t pack_tiles =
         std::clamp<int64_t>(kPackedBytes / (kTile * v.cpad * static_cast<int64_t>(sizeof(P))), 1, kMaxPackTiles);
-    std::vector<std::vector<double>> priv_g(nthreads - 1), priv_s(nthreads);
+    std::vector<std::vector<double>> priv_g(nthreads), priv_s(nthreads);
     at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t tile_begin = ntiles * t / nthreads, tile_end = ntiles * (t + 1) / nthreads;
         if (tile_begin == tile_end) continue;
-        double* gt = g;
-        if (t > 0) {
-          priv_g[t - 1].assign(v.c * v.c, 0.0);
-          gt = priv_g[t - 1].data();
-        }
+        priv_g[t].assign(v.c * v.c, 0.0);
+        double* gt = priv_g[t].data();
         priv_s[t].assign(v.c, 0.0);
         AlignedBuffer<P> panel(pack_tiles * kTile * v.cpad);
         std::vector<Span> next_spans;
@@ -311,6 +379,7 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
       if (!ps.empty())
         for (int64_t ch = 0; ch < v.c; ++ch) sums[ch] += ps[ch];
     Accumulated out;
+    out.skipped = !all_finite(sums, v.c);
     for (auto& pg : priv_g)
       if (!pg.empty()) out.partials.push_back(std::move(pg));
     return out;
@@ -321,6 +390,12 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
   const int64_t kc_big = std::clamp<int64_t>(kSharedPanelBytes / (v.cpad * 8) / 8 * 8, 16, kTile);
   const std::vector<int32_t> tasks = block_tasks<P>(v.nblk, kc_big);
   const int64_t ntasks = static_cast<int64_t>(tasks.size()) / 3;
+  const bool one_tile = v.k <= kc_big;
+  if (!one_tile && !batch_is_finite(base, v)) {
+    Accumulated out;
+    out.skipped = true;
+    return out;
+  }
   AlignedBuffer<P> panel(std::min(kc_big, v.k) * v.cpad);
   std::vector<Span> next_spans;
   for (int64_t k0 = 0; k0 < v.k; k0 += kc_big) {
@@ -333,6 +408,12 @@ Accumulated accumulate_shifted(const scalar_t* base, const BatchView& v, const d
     const int64_t nspans = static_cast<int64_t>(next_spans.size());
     // Every sum is known once the last tile is packed: its Gram can finish the merge.
     const bool last = k0 + kc == v.k;
+    if (one_tile && !all_finite(sums, v.c)) {
+      // Packed, but no Gram written yet: the state is untouched.
+      Accumulated out;
+      out.skipped = true;
+      return out;
+    }
     if (last) merge.prepare(sums, shift, mu, v.c, count, v.k);
     const GramEpilogue epilogue = merge.epilogue();
     at::parallel_for(0, ntasks, 1, [&](int64_t p0, int64_t p1) {
@@ -392,10 +473,18 @@ void merge_and_mirror(double* g, int64_t c, const Merge& merge, const std::vecto
   });
 }
 
-void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count, bool mixed) {
-  const int64_t c = check_cov_update_args(mean, m2, x, count);
+void cov_update_cpu(at::Tensor mean, at::Tensor m2, at::Tensor counts, const at::Tensor& x, bool mixed) {
+  const int64_t c = check_cov_update_args(mean, m2, counts, x);
+  double* cnt = counts.data_ptr<double>();
+  TORCH_CHECK(cnt[0] >= 0.0 && cnt[0] == std::floor(cnt[0]) && cnt[0] <= 9007199254740992.0,
+              "cov_update_: counts[0] (samples) must be a whole number in [0, 2^53], got ", cnt[0]);
+  const int64_t count = static_cast<int64_t>(cnt[0]);
   BatchView v{x.size(0), c, x.size(2), x.size(0) * x.size(2), x.stride(0), x.stride(1), x.stride(2), 0, 0};
-  if (v.k == 0 || c == 0) return;
+  if (v.k == 0) return;
+  if (c == 0) {
+    cnt[0] += static_cast<double>(v.k);  // samples of no feature: nothing can be non-finite
+    return;
+  }
   v.nblk = (c + kBlock - 1) / kBlock;
   v.cpad = v.nblk * kBlock;
 
@@ -421,12 +510,17 @@ void cov_update_cpu(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t
       acc = accumulate_shifted<scalar_t, double>(base, v, shift.data(), mu, count, g, sums.data(), merge);
     }
   });
+  if (acc.skipped) {
+    cnt[1] += 1.0;
+    return;
+  }
   if (!acc.merged) {
     merge.prepare(sums.data(), shift.data(), mu, c, count, v.k);
     merge_and_mirror(g, c, merge, acc.partials);
   }
   const double share = merge.k / (static_cast<double>(count) + merge.k);
   for (int64_t i = 0; i < c; ++i) mu[i] += merge.delta[i] * share;
+  cnt[0] += static_cast<double>(v.k);
 }
 
 }  // namespace

@@ -1,23 +1,29 @@
 // CUDA kernel of delve_fast::cov_update_ (built only with DELVE_FAST_CUDA).
 //
 // Same contract and the same arithmetic as cpu/cov_update_cpu.cpp, in four
-// stream-ordered launches and no host sync:
+// stream-ordered launches and no host sync. The sample count lives in the
+// device tensor counts = [samples, skipped batches], which the kernels read
+// and update themselves: the host never needs it, and a captured CUDA graph
+// replays correctly.
 //
-//   1. shift_kernel (only when count == 0): a per-feature shift, the mean of
-//      the first <= 256 samples. With count > 0 the running mean is the shift.
+//   1. shift_kernel: the per-feature shift, the running mean when counts[0] > 0,
+//      else the mean of the first <= 256 samples.
 //   2. syrk_tiles_kernel: x is read through its (N, C, S) strides, never
 //      copied or permuted. Each block owns one upper-triangle 64x64 tile of the
 //      Gram matrix and one split of the samples; it casts 32-sample slabs to
 //      float64 in shared memory, subtracts the shift and accumulates the
 //      shifted outer products with fp64 FMAs. Diagonal tiles also sum the
-//      shifted features. With one split the tiles accumulate straight into
-//      m2; otherwise each split writes its own packed partial (upper tiles
-//      only, no atomics), so the result is deterministic run to run. The plan
-//      and the workspace bound are in split_plan.h (tested on the CPU).
-//   3. batch_vectors_kernel: d = shifted batch mean, delta = batch mean - mean.
-//   4. merge_kernel: m2 += sum of partials + w delta delta^T - k d d^T on the
-//      upper triangle, mirrored to the lower one through a shared-memory
-//      transpose; mean += delta * k / total.
+//      shifted features. Each split writes its own partial buffer (no atomics),
+//      so the result is deterministic run to run.
+//   3. batch_vectors_kernel (one block): d = shifted batch mean, delta = batch
+//      mean - mean, and the decision: a NaN or an Inf anywhere in the batch
+//      makes its feature's sum non-finite, so the block checks the C sums and
+//      either counts the batch as skipped or sets the merge weights and
+//      advances counts[0].
+//   4. merge_kernel: unless the batch was skipped, m2 += sum of partials +
+//      w delta delta^T - k d d^T on the upper triangle, mirrored to the lower
+//      one through a shared-memory transpose; mean += delta * k / total. A
+//      skipped batch leaves m2 and mean untouched (the kernel returns at once).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -28,22 +34,24 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cuda/split_plan.h"
 #include "delve_fast.h"
 
 namespace delve_fast {
 namespace {
 
-using split_plan::kTile;
-using split_plan::kTileK;
-using split_plan::partial_offset;
-using split_plan::upper_tile;
+// Gram tile: kTile x kTile features, kTileK samples per shared-memory slab.
+constexpr int kTile = 64;
+constexpr int kTileK = 32;
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 constexpr int kMicro = 4;
 constexpr int kThreadsSide = kTile / kMicro;  // 16
 // Merge kernel tile.
 constexpr int kMergeTile = 32;
 constexpr int kMergeRows = 8;
+// Cap on the split-K partial buffers, in bytes.
+constexpr int64_t kPartialBytes = int64_t{256} << 20;
+// Smallest number of samples one split is worth.
+constexpr int64_t kMinSplitSamples = 512;
 
 struct Geometry {
   int64_t c;           // features
@@ -58,12 +66,29 @@ __device__ __forceinline__ int64_t sample_offset(const Geometry& g, int64_t samp
 }
 
 template <typename scalar_t>
-__global__ void shift_kernel(const scalar_t* __restrict__ x, Geometry g, int64_t m, double* __restrict__ shift) {
+__global__ void shift_kernel(const scalar_t* __restrict__ x, Geometry g, int64_t m, const double* __restrict__ mean,
+                             const double* __restrict__ counts, double* __restrict__ shift) {
   const int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (ch >= g.c) return;
+  if (counts[0] > 0.0) {
+    // With a running mean the batch is already close to centred: shift by it
+    // (an exact copy, so delta below equals d exactly).
+    shift[ch] = mean[ch];
+    return;
+  }
   double acc = 0.0;
   for (int64_t i = 0; i < m; ++i) acc += static_cast<double>(x[sample_offset(g, i) + ch * g.sc]);
   shift[ch] = acc / static_cast<double>(m);
+}
+
+// Upper-triangle tile t (row-major over the triangle of ntile x ntile tiles).
+__device__ __forceinline__ void upper_tile(int64_t t, int64_t ntile, int64_t& bi, int64_t& bj) {
+  bi = 0;
+  while (t >= ntile - bi) {
+    t -= ntile - bi;
+    ++bi;
+  }
+  bj = bi + t;
 }
 
 // kSamplesFast: consecutive threads read consecutive samples of one feature
@@ -89,7 +114,7 @@ __device__ __forceinline__ void load_slab(const scalar_t* __restrict__ x, const 
 template <typename scalar_t, bool kSamplesFast>
 __global__ void __launch_bounds__(kThreads)
     syrk_tiles_kernel(const scalar_t* __restrict__ x, Geometry g, const double* __restrict__ shift, int64_t ntile,
-                      int64_t chunk, bool direct, double* __restrict__ out, double* __restrict__ psums) {
+                      int64_t chunk, double* __restrict__ part, double* __restrict__ psums) {
   __shared__ double as[kTileK][kTile + 1];
   __shared__ double bs[kTileK][kTile + 1];
   __shared__ double sha[kTile], shb[kTile];
@@ -140,9 +165,9 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // direct (one split): out is m2, and each of its upper elements belongs to
-  // exactly one block. Otherwise out is the packed partials; diagonal tiles
-  // also write their strict lower half there, which the merge never reads.
+  // Partial p: rows ci.., columns cj... Diagonal tiles also write their strict
+  // lower half; the merge kernel reads the upper triangle only.
+  double* out = part + p * g.c * g.c;
 #pragma unroll
   for (int a = 0; a < kMicro; ++a) {
     const int64_t i = ci + ty + kThreadsSide * a;
@@ -150,36 +175,60 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int b = 0; b < kMicro; ++b) {
       const int64_t j = cj + tx + kThreadsSide * b;
-      if (j >= g.c) continue;
-      if (direct) {
-        if (i <= j) out[i * g.c + j] += acc[a][b];
-      } else {
-        out[partial_offset(p, i, j, ntile)] = acc[a][b];
-      }
+      if (j < g.c) out[i * g.c + j] = acc[a][b];
     }
   }
   if (diag && tid < kTile && ci + tid < g.c) psums[p * g.c + ci + tid] = colsum;
 }
 
-// d = shifted batch mean, delta = batch mean - mean = (shift - mean) + d; both
-// into vec (2 * C). Grouped this way, shift == mean (count > 0) gives delta = d
-// exactly, so a large common offset never rounds the rank-1 correction.
-__global__ void batch_vectors_kernel(const double* __restrict__ psums, int64_t nsplit, int64_t c, double k,
-                                     const double* shift, const double* mean, double* __restrict__ vec) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= c) return;
-  double sum = 0.0;
-  for (int64_t p = 0; p < nsplit; ++p) sum += psums[p * c + i];
-  const double d = sum / k;
-  vec[i] = d;
-  vec[c + i] = (shift[i] - mean[i]) + d;
+// Merge scalars in the workspace, written by batch_vectors_kernel.
+constexpr int kScalGo = 0;    // 1.0: merge the batch, 0.0: it was skipped
+constexpr int kScalW = 1;     // count * k / (count + k)
+constexpr int kScalStep = 2;  // k / (count + k), the mean's step
+constexpr int kScalLen = 4;
+constexpr int kVectorThreads = 256;
+
+// One block. d = shifted batch mean, delta = batch mean - mean = (shift - mean)
+// + d; both into vec (2 * C). Grouped this way, shift == mean (count > 0)
+// gives delta = d exactly, so a large common offset never rounds the rank-1
+// correction. Then the decision: any non-finite sum skips the batch (counts[1]
+// += 1), otherwise the merge weights go to scal and counts[0] += k. Only
+// thread 0 touches counts, after every thread has voted.
+__global__ void __launch_bounds__(kVectorThreads)
+    batch_vectors_kernel(const double* __restrict__ psums, int64_t nsplit, int64_t c, double k, const double* shift,
+                         const double* mean, double* __restrict__ vec, double* __restrict__ counts,
+                         double* __restrict__ scal) {
+  int bad = 0;
+  for (int64_t i = threadIdx.x; i < c; i += blockDim.x) {
+    double sum = 0.0;
+    for (int64_t p = 0; p < nsplit; ++p) sum += psums[p * c + i];
+    bad |= !isfinite(sum);
+    const double d = sum / k;
+    vec[i] = d;
+    vec[c + i] = (shift[i] - mean[i]) + d;
+  }
+  bad = __syncthreads_or(bad);
+  if (threadIdx.x != 0) return;
+  if (bad) {
+    counts[1] += 1.0;
+    scal[kScalGo] = 0.0;
+    return;
+  }
+  const double count = counts[0];
+  const double total = count + k;
+  scal[kScalGo] = 1.0;
+  scal[kScalW] = count * k / total;
+  scal[kScalStep] = k / total;
+  counts[0] = total;
 }
 
 __global__ void __launch_bounds__(kMergeTile* kMergeRows)
     merge_kernel(double* __restrict__ m2, double* __restrict__ mean, const double* __restrict__ part, int64_t nsplit,
-                 int64_t ntile, const double* __restrict__ vec, int64_t c, double k, double w, double mean_step) {
+                 const double* __restrict__ vec, int64_t c, double k, const double* __restrict__ scal) {
   const int64_t bi = blockIdx.y, bj = blockIdx.x;
-  if (bi > bj) return;
+  // A skipped batch (the same value for every thread) leaves the state bit-identical.
+  if (bi > bj || scal[kScalGo] == 0.0) return;
+  const double w = scal[kScalW], mean_step = scal[kScalStep];
   __shared__ double tile[kMergeTile][kMergeTile + 1];
   const double* d = vec;
   const double* delta = vec + c;
@@ -190,7 +239,7 @@ __global__ void __launch_bounds__(kMergeTile* kMergeRows)
     const int64_t i = ri + r;
     if (i < c && j < c && i <= j) {
       double v = m2[i * c + j];
-      for (int64_t p = 0; p < nsplit; ++p) v += part[partial_offset(p, i, j, ntile)];
+      for (int64_t p = 0; p < nsplit; ++p) v += part[p * c * c + i * c + j];
       v += w * delta[i] * delta[j] - k * d[i] * d[j];
       m2[i * c + j] = v;
       tile[r][tx] = v;
@@ -206,14 +255,41 @@ __global__ void __launch_bounds__(kMergeTile* kMergeRows)
   if (bi == bj && threadIdx.y == 0 && ri + tx < c) mean[ri + tx] += delta[ri + tx] * mean_step;
 }
 
+struct SplitPlan {
+  int64_t ntile;   // tiles per side of the Gram matrix
+  int64_t ntiles;  // upper-triangle tiles: grid.x of syrk_tiles_kernel
+  int64_t nsplit;  // sample splits: grid.y, and partial buffers
+  int64_t chunk;   // samples per split, a multiple of kTileK
+};
+
+// Splits the samples until there are a few blocks per SM, within the memory cap
+// on partial buffers; every split is non-empty.
+inline SplitPlan plan_splits(int64_t c, int64_t k, int64_t sms) {
+  SplitPlan p{};
+  p.ntile = (c + kTile - 1) / kTile;
+  p.ntiles = p.ntile * (p.ntile + 1) / 2;
+  int64_t nsplit = std::max<int64_t>(1, (4 * sms + p.ntiles - 1) / p.ntiles);
+  nsplit = std::min(nsplit, std::max<int64_t>(1, k / kMinSplitSamples));
+  nsplit = std::min(nsplit, std::max<int64_t>(1, kPartialBytes / (c * c * static_cast<int64_t>(sizeof(double)))));
+  nsplit = std::min<int64_t>(nsplit, 65535);
+  const int64_t slabs = (k + kTileK - 1) / kTileK;
+  p.chunk = (slabs + nsplit - 1) / nsplit * kTileK;
+  p.nsplit = (k + p.chunk - 1) / p.chunk;
+  return p;
+}
+
 // mixed is accepted for schema parity; the CUDA tiles are always float64 for now
 // (docs/precision.md), so the result is the float64 one.
-void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_t count, bool /*mixed*/) {
-  const int64_t c = check_cov_update_args(mean, m2, x, count);
+void cov_update_cuda(at::Tensor mean, at::Tensor m2, at::Tensor counts, const at::Tensor& x, bool /*mixed*/) {
+  const int64_t c = check_cov_update_args(mean, m2, counts, x);
   TORCH_CHECK(x.is_cuda(), "cov_update_: the CUDA kernel got x on ", x.device());
   const int64_t k = x.size(0) * x.size(2);
-  if (k == 0 || c == 0) return;
+  if (k == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
+  if (c == 0) {
+    counts.select(0, 0).add_(static_cast<double>(k));  // samples of no feature: nothing can be non-finite
+    return;
+  }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   Geometry g{c, x.size(2), k, x.stride(0), x.stride(1), x.stride(2)};
@@ -221,56 +297,46 @@ void cov_update_cuda(at::Tensor mean, at::Tensor m2, const at::Tensor& x, int64_
   // fastest; otherwise features are the better (or only) contiguous axis.
   const bool samples_fast = g.ss == 1 && g.s > 1 && g.sc != 1;
 
-  const split_plan::SplitPlan plan =
-      split_plan::plan_splits(c, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const SplitPlan plan = plan_splits(c, k, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   TORCH_CHECK(plan.ntiles <= INT32_MAX, "cov_update_: C=", c, " is too large for the CUDA kernel");
   const int64_t nsplit = plan.nsplit;
 
-  // One workspace, laid out and bounded by split_plan.h.
-  at::Tensor ws = at::empty({plan.workspace_elems}, m2.options());
-  double* ws_shift = ws.data_ptr<double>();
-  double* psums = ws_shift + split_plan::psums_offset(c);
-  double* vec = ws_shift + split_plan::vectors_offset(c, nsplit);
-  double* part = ws_shift + split_plan::partials_offset(c, nsplit);
+  // One workspace: shift (C) | psums (nsplit * C) | d, delta (2C) | scalars | partials (nsplit * C * C).
+  at::Tensor ws = at::empty({c + nsplit * c + 2 * c + kScalLen + nsplit * c * c}, m2.options());
+  double* shift = ws.data_ptr<double>();
+  double* psums = shift + c;
+  double* vec = psums + nsplit * c;
+  double* scal = vec + 2 * c;
+  double* part = scal + kScalLen;
   double* mu = mean.data_ptr<double>();
   double* gram = m2.data_ptr<double>();
-  double* tiles_out = plan.direct ? gram : part;
-  // With a running mean the batch is already close to centred: shift by it.
-  const double* shift = count > 0 ? mu : ws_shift;
+  double* cnt = counts.data_ptr<double>();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cov_update_cuda", [&] {
     const scalar_t* base = x.const_data_ptr<scalar_t>();
-    if (count == 0) {
+    {
       const int threads = 128;
       const auto blocks = static_cast<unsigned>((c + threads - 1) / threads);
-      shift_kernel<scalar_t><<<blocks, threads, 0, stream>>>(base, g, std::min(k, kShiftSamples), ws_shift);
+      shift_kernel<scalar_t><<<blocks, threads, 0, stream>>>(base, g, std::min(k, kShiftSamples), mu, cnt, shift);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const dim3 grid(static_cast<unsigned>(plan.ntiles), static_cast<unsigned>(nsplit));
     if (samples_fast) {
       syrk_tiles_kernel<scalar_t, true>
-          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, plan.direct, tiles_out, psums);
+          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, part, psums);
     } else {
       syrk_tiles_kernel<scalar_t, false>
-          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, plan.direct, tiles_out, psums);
+          <<<grid, kThreads, 0, stream>>>(base, g, shift, plan.ntile, plan.chunk, part, psums);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
   const double kd = static_cast<double>(k);
-  const double total = static_cast<double>(count) + kd;
-  const double w = static_cast<double>(count) * kd / total;
-  {
-    const int threads = 128;
-    const auto blocks = static_cast<unsigned>((c + threads - 1) / threads);
-    batch_vectors_kernel<<<blocks, threads, 0, stream>>>(psums, nsplit, c, kd, shift, mu, vec);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  batch_vectors_kernel<<<1, kVectorThreads, 0, stream>>>(psums, nsplit, c, kd, shift, mu, vec, cnt, scal);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   {
     const auto nt = static_cast<unsigned>((c + kMergeTile - 1) / kMergeTile);
-    // direct: the tiles are already in m2, there are no partials to add.
-    merge_kernel<<<dim3(nt, nt), dim3(kMergeTile, kMergeRows), 0, stream>>>(gram, mu, part, plan.direct ? 0 : nsplit,
-                                                                            plan.ntile, vec, c, kd, w, kd / total);
+    merge_kernel<<<dim3(nt, nt), dim3(kMergeTile, kMergeRows), 0, stream>>>(gram, mu, part, nsplit, vec, c, kd, scal);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
