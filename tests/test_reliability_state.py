@@ -262,7 +262,7 @@ def _run(tmp_path, backend, batches, name, **kwargs):
     model = TwoBranches()
     tracker = SaturationTracker(
         str(tmp_path / name),
-        save_to="csv",
+        save_to=["csv", "npy"],
         modules=model,
         device="cpu",
         backend=backend,
