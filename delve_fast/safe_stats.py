@@ -10,7 +10,6 @@ once per affected layer and mode, with their count.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from delve_fast import stats as S
+from delve_fast._warn import warn_user
 
 __all__ = ["compute_layers_safely", "nan_cells"]
 
@@ -47,7 +47,7 @@ def nan_cells(mode: str, layer: str, n_features: int | None, keys: Sequence[str]
 
 
 def _warn(message: str) -> None:
-    warnings.warn(f"delve_fast: {message}", RuntimeWarning, stacklevel=4)
+    warn_user(f"delve_fast: {message}", RuntimeWarning)
 
 
 def _counts(entries: Sequence[Entry]) -> list[tuple[int, int, bool]]:

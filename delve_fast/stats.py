@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from delve_fast._warn import warn_user
+
 __all__ = [
     "STATS",
     "Stat",
@@ -782,11 +784,10 @@ def warn_few_samples(entries: Sequence[tuple[str, str, Any]], warned: set[tuple[
             continue
         warned.add((mode, layer))
         new.append((mode, layer))
-        warnings.warn(
+        warn_user(
             f"layer {layer!r} ({mode}) saw {n} samples for {width} features: its covariance has rank at most "
             f"{max(n - 1, 0)}, so its saturation and rank statistics are capped by the sample count, not by the "
             "layer; record more samples per epoch (more batches before add_saturations()) to measure the layer",
             FewSamplesWarning,
-            stacklevel=5,  # the user's add_saturations() call (via compute_saturations, compute_layers)
         )
     return new
