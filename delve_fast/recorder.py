@@ -131,7 +131,9 @@ class LayerRecorder:
                     moments = self.masked[(mode, name)] = WeightedMoments(state.device)
                 moments.update(batch.view, keep)
                 if state.save_data:  # the embed store takes kept tokens by boolean selection (one sync)
-                    state._store_samples(batch.view.transpose(1, 2)[keep].unsqueeze(-1))
+                    kept = batch.view.transpose(1, 2)[keep].unsqueeze(-1)
+                    # Masked samples never pass the op's non-finite skip: every stored row counts.
+                    state._store_samples(kept, torch.ones((), dtype=torch.bool, device=kept.device))
                 return
         state.update_view(batch.view)
 
