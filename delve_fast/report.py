@@ -215,7 +215,28 @@ def load_run(path: str | Path) -> Run:
         raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     frame = _set_epoch_index(frame, path)
+    run = run_from_frame(frame, path)
+    if not run.stats:
+        hint = ""
+        if len(frame.columns) <= 1:
+            hint = " (is it ';'-separated?)"
+        raise ReportError(
+            f"{path} has no delve statistic columns such as 'train-saturation_<layer>'{hint}; "
+            "expected a CSV written by SaturationTracker's csv or plot writer"
+        )
+    return run
 
+
+def run_from_frame(frame: pd.DataFrame, path: str | Path) -> Run:
+    """A :class:`Run` from a table of delve columns indexed by epoch (a read CSV, or rows kept in memory).
+
+    Raises
+    ------
+    ReportError
+        If a statistic column holds a non-numeric value. A table without
+        statistic columns gives a run with no ``stats``.
+    """
+    path = Path(path)
     layers: list[str] = []
     modes: list[str] = []
     columns: dict[tuple[str, str], dict[str, pd.Series]] = {}
@@ -236,15 +257,6 @@ def load_run(path: str | Path) -> Run:
         if mode not in modes:
             modes.append(mode)
         columns.setdefault((mode, stat), {})[layer] = values
-
-    if not columns:
-        hint = ""
-        if len(frame.columns) <= 1:
-            hint = " (is it ';'-separated?)"
-        raise ReportError(
-            f"{path} has no delve statistic columns such as 'train-saturation_<layer>'{hint}; "
-            "expected a CSV written by SaturationTracker's csv or plot writer"
-        )
 
     first_seen = list(modes)
     modes = sorted(modes, key=lambda m: (_MODE_ORDER.get(m, 2), first_seen.index(m)))

@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import pandas as pd
+from typing import Any
 
 from delve_fast.writers.base import COVARIANCE_TAG, AbstractWriter, is_scalar_value, log
 
@@ -25,27 +22,9 @@ def _run_from_rows(path: Path, epochs: list[int], rows: list[dict[str, float]]) 
     """A :class:`delve_fast.report.Run` built from rows in memory, for :func:`~delve_fast.report.plot_heatmap`."""
     import pandas as pd  # only when a heat map is drawn: import delve_fast stays light
 
-    from delve_fast.report import Run, parse_column
+    from delve_fast.report import run_from_frame
 
-    frame = pd.DataFrame.from_records(rows, index=epochs)
-    layers: list[str] = []
-    modes: list[str] = []
-    columns: dict[tuple[str, str], dict[str, pd.Series]] = {}
-    scalars: list[str] = []
-    for name in frame.columns:
-        parsed = parse_column(str(name))
-        if parsed is None:
-            scalars.append(name)
-            continue
-        mode, stat, layer = parsed
-        if layer not in layers:
-            layers.append(layer)
-        if mode not in modes:
-            modes.append(mode)
-        columns.setdefault((mode, stat), {})[layer] = pd.to_numeric(frame[name], errors="coerce")
-    modes.sort(key=lambda m: {"train": 0, "eval": 1}.get(m, 2))
-    stats = {key: pd.DataFrame(cols, index=frame.index) for key, cols in columns.items()}
-    return Run(path=path, epochs=epochs, layers=layers, modes=modes, stats=stats, scalars=frame[scalars])
+    return run_from_frame(pd.DataFrame.from_records(rows, index=epochs), path)
 
 
 class WandbWriter(AbstractWriter):
