@@ -9,7 +9,9 @@ killed, so a hang fails instead of blocking.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -25,9 +27,14 @@ class DistributedRunError(RuntimeError):
 
 
 def _entry(rank: int, world: int, store: str, errors: str, collective_timeout_s: float, fn: Callable, args) -> None:
+    import faulthandler
+
     import torch
     import torch.distributed as dist
 
+    # A native abort writes no Python traceback; faulthandler records where it happened.
+    fault_log = open(Path(errors, f"rank{rank}.fault"), "w")  # noqa: SIM115 - open until the process exits
+    faulthandler.enable(fault_log, all_threads=True)
     torch.set_num_threads(1)  # W processes share the machine's cores
     try:
         dist.init_process_group(
@@ -39,11 +46,24 @@ def _entry(rank: int, world: int, store: str, errors: str, collective_timeout_s:
         )
         try:
             fn(rank, world, *args)
+            # DDP's reducer keeps the group alive from inside reference cycles; free it now, while
+            # the interpreter is whole, and leave together, so no rank tears its gloo threads down
+            # while a peer still has a collective in flight.
+            gc.collect()
+            dist.barrier()
         finally:
             dist.destroy_process_group()
+            gc.collect()
     except BaseException:
         Path(errors, f"rank{rank}.txt").write_text(traceback.format_exc())
         raise SystemExit(1) from None
+    # The rank's work is done and its files are closed. A spawned process would now run the
+    # interpreter's finalisation, where torch's C++ singletons (gloo's worker threads among
+    # them) are destroyed in no fixed order; on a loaded machine that rarely aborts a rank that
+    # succeeded. Leave as a forked worker does, without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_on_gloo(
@@ -89,11 +109,7 @@ def run_on_gloo(
         for r in hung:
             procs[r].kill()
             procs[r].join(5)
-        failures = [
-            f"rank {r} (exit code {p.exitcode}):\n" + _read(Path(tmp, f"rank{r}.txt"))
-            for r, p in enumerate(procs)
-            if r not in hung and p.exitcode != 0
-        ]
+        failures = [_report(tmp, r, p.exitcode) for r, p in enumerate(procs) if r not in hung and p.exitcode != 0]
         if hung or failures:
             head = f"ranks {hung} still running after {timeout_s:.0f} s and killed\n" if hung else ""
             raise DistributedRunError(head + "\n".join(failures))
@@ -101,3 +117,10 @@ def run_on_gloo(
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else "(no traceback written)"
+
+
+def _report(folder: str, rank: int, exitcode: int | None) -> str:
+    fault = Path(folder, f"rank{rank}.fault")
+    native = fault.read_text().strip() if fault.exists() else ""
+    text = f"rank {rank} (exit code {exitcode}):\n" + _read(Path(folder, f"rank{rank}.txt"))
+    return text + (f"\nfaulthandler:\n{native}" if native else "")
