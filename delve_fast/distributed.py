@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from delve_fast import stats as S
+from delve_fast._warn import warn_user
+from delve_fast.safe_stats import NUMERIC_ERRORS, nan_cells
 from delve_fast.state import CovarianceState
 
 __all__ = [
@@ -214,17 +216,21 @@ def check_header(reduced: torch.Tensor, n_keys: int) -> None:
 
 
 def width_message(states: Sequence[CovarianceState | None]) -> torch.Tensor:
-    """int64 ``[C_k, BIG - C_k]`` per key (zeros for a key without samples on this rank)."""
+    """int64 ``[C_k, BIG - C_k]`` per key (zeros for a key this rank did not record).
+
+    A state that left out every batch (each held a NaN or an Inf) still sends
+    its width: the layer was recorded, and its cells must be NaN, not absent.
+    """
     out = torch.zeros(2 * len(states), dtype=torch.int64)
     for k, state in enumerate(states):
-        if state is not None and state.count > 0:
+        if state is not None and state.n_features and (state.count > 0 or state.skipped_batches > 0):
             out[2 * k] = state.n_features
             out[2 * k + 1] = _BIG - state.n_features
     return out
 
 
 def widths_from(reduced: torch.Tensor, keys: Sequence[str]) -> list[int]:
-    """Each key's width from the MAX-reduced :func:`width_message` (0: no rank has samples).
+    """Each key's width from the MAX-reduced :func:`width_message` (0: no rank recorded it).
 
     Raises
     ------
@@ -364,10 +370,10 @@ def canonical_state(state: CovarianceState | None, order: Any = None) -> Covaria
     Two ranks may record one layer in different memory formats; merging in one
     common order keeps the sum meaningful.
     """
-    if state is None or state.count == 0:
+    if state is None or state.n_features is None:
         return None
     perm = _chw_permutation(order, state.mean.device)
-    if perm is None:
+    if perm is None or state.count == 0:  # an empty state has no feature order to fix
         return state
     out = CovarianceState(device=state.device)
     out.load_state_dict({"count": state.count, "mean": state.mean[perm], "m2": state.m2[perm][:, perm]})
@@ -377,20 +383,21 @@ def canonical_state(state: CovarianceState | None, order: Any = None) -> Covaria
 # ---------------------------------------------------------- over a group
 def _merge(
     channel: _Channel, keys: Sequence[str], states: Sequence[CovarianceState | None], device: torch.device
-) -> list[CovarianceState]:
+) -> tuple[list[CovarianceState], list[int]]:
+    """The merged state of every key and its width (0 where no rank recorded it)."""
     if len(keys) != len(states):
         raise ValueError(f"{len(keys)} keys but {len(states)} states")
     check_header(channel.all_reduce("header", header_message(keys).to(device), "MAX").cpu(), len(keys))
     if not keys:
-        return []
+        return [], []
     widths = widths_from(channel.all_reduce("widths", width_message(states).to(device), "MAX").cpu(), keys)
     if not any(widths):
-        return [CovarianceState(device=device) for _ in keys]
+        return [CovarianceState(device=device) for _ in keys], widths
     counts, means = moments_from(channel.all_reduce("moments", moment_message(states, widths, device), "SUM"), widths)
     if not any(counts):
-        return [CovarianceState(device=device) for _ in keys]
+        return [CovarianceState(device=device) for _ in keys], widths
     centred = channel.all_reduce("centred", centred_message(states, counts, means, device), "SUM")
-    return merged_from(centred, counts, means, device)
+    return merged_from(centred, counts, means, device), widths
 
 
 def merge_states(
@@ -423,7 +430,7 @@ def merge_states(
     group = dist.group.WORLD if group is None else group
     dev = _buffer_device(group, torch.device("cpu") if device is None else torch.device(device))
     channel = _Channel(group)
-    merged = _merge(channel, keys, states, dev)
+    merged, _ = _merge(channel, keys, states, dev)
     _last = channel.stats()
     return merged
 
@@ -516,15 +523,20 @@ def compute_merged(
     dev = _buffer_device(group, torch.device("cpu") if device is None else torch.device(device))
     channel = _Channel(group)
     keys = [f"{mode}-{layer}" for mode, layer, _, _ in entries]
+    _warn_skipped_batches(entries, rank)
     own = [canonical_state(None if tcm is None else tcm.state, order) for _, _, tcm, order in entries]
-    merged = _merge(channel, keys, own, dev)
-    active = [k for k, state in enumerate(merged) if state.count > 0]
+    merged, widths = _merge(channel, keys, own, dev)
     values: dict[str, Any] = {}
     samples: dict[str, Any] = {}
-    if not active:
+    recorded = [k for k, width in enumerate(widths) if width > 0]
+    if not recorded:
         _last = channel.stats()
         return values, samples
 
+    # Every rank holds the same merged states, so every rank finds the same broken layers and no
+    # rank stops before the collectives below (a rank that raised would leave the others waiting).
+    broken = set(_broken_layers(entries, merged, recorded))
+    active = [k for k in recorded if k not in broken]
     per_sample = {key for key in S.STATS if S.STATS[key].per_sample}
     local = set(LOCAL_STATS)
     owners = dict(zip(active, assign_shares([merged[k].n_features for k in active], world), strict=True))
@@ -536,19 +548,19 @@ def compute_merged(
         return S.StatContext(eigenvalues, covs[k], trace, _MergedLayer(merged[k], saved), threshold, rule, mode, layer)
 
     # This rank's share of the eigen solves, in one batched call; the rest arrives from the others.
-    share: dict[int, tuple[dict[str, Any], float | None]] = {}
-    eigs, traces = S.spectra([covs[k] for k in mine], backend=backend)
-    for k, lam, trace in zip(mine, eigs, traces, strict=True):
-        mode = entries[k][0]
-        keys_k = [key for key in mode_stats[mode] if key not in local and key not in per_sample]
-        vals, _ = S.compute(context(k, lam, float(trace)), keys_k)
-        share[k] = (vals, S.saturation(lam, threshold, rule=rule) if average else None)
+    # A share that fails is sent as None (NaN cells on every rank), never raised before the exchange.
+    share: dict[int, tuple[dict[str, Any], float | None] | None] = {}
+    for k, outcome in _solve_share(mine, covs, entries, mode_stats, context, threshold, rule, average, backend):
+        share[k] = outcome
     for part in channel.all_gather_object("statistics", share):
         share.update(part)
+    broken.update(k for k in active if share[k] is None)
 
     no_eigenvalues = np.zeros(0)
-    for k in active:
+    for k in recorded:
         mode, layer, tcm, order = entries[k]
+        if k in broken:
+            continue
         trace = float(covs[k].diagonal().sum())
         row = dict(share[k][0])
         row.update(S.compute(context(k, no_eigenvalues, trace), [key for key in mode_stats[mode] if key in local])[0])
@@ -560,10 +572,97 @@ def compute_merged(
         if wanted and rank == 0:
             ctx = context(k, no_eigenvalues, trace, _permuted_samples(tcm, order))
             samples.update(S.compute(ctx, wanted)[1])
+    # The single-process order: computed layers, their averages, then the NaN cells and averages.
     if average:
         for mode in S.MODES:
-            sats = [share[k][1] for k in active if entries[k][0] == mode]
+            sats = [share[k][1] for k in recorded if entries[k][0] == mode and k not in broken]
             if sats:
                 values[f"average-{mode}-sat"] = float(np.mean(sats))
+    for k in sorted(broken):
+        mode, layer = entries[k][0], entries[k][1]
+        values.update(nan_cells(mode, layer, widths[k], mode_stats[mode]))
+    if average:
+        for mode in S.MODES:
+            if f"average-{mode}-sat" not in values and any(entries[k][0] == mode for k in recorded):
+                values[f"average-{mode}-sat"] = float("nan")
     _last = channel.stats()
     return values, samples
+
+
+def _warn_skipped_batches(entries: Sequence[Entry], rank: int) -> None:
+    """One warning per layer and mode of this rank's shard that left out NaN or Inf batches."""
+    mine = [(mode, layer, tcm.state) for mode, layer, tcm, _ in entries if tcm is not None]
+    mine = [(mode, layer, state) for mode, layer, state in mine if state.counts is not None]
+    if not mine:
+        return
+    rows = torch.stack([state.counts.cpu() for _, _, state in mine]).tolist()
+    for (mode, layer, _), (n, skipped) in zip(mine, rows, strict=True):
+        if skipped:
+            warn_user(
+                f"delve_fast: layer {layer!r} ({mode}), rank {rank}: {int(skipped)} batch(es) holding NaN or Inf "
+                f"were left out of this rank's shard since the covariance was last reset ({int(n)} samples kept)",
+                RuntimeWarning,
+            )
+
+
+def _broken_layers(entries: Sequence[Entry], merged: Sequence[CovarianceState], recorded: Sequence[int]) -> list[int]:
+    """Recorded keys whose merged state has no sample or is not finite (NaN cells), with a warning each."""
+    out = []
+    for k in recorded:
+        mode, layer = entries[k][0], entries[k][1]
+        state = merged[k]
+        if state.count == 0:
+            reason = "every recorded batch on every rank held NaN or Inf and was left out"
+        elif not (torch.isfinite(state.m2).all() and torch.isfinite(state.mean).all()):
+            reason = "its merged covariance holds NaN or Inf"
+        else:
+            continue
+        warn_user(f"delve_fast: layer {layer!r} ({mode}): {reason}; its statistics are NaN", RuntimeWarning)
+        out.append(k)
+    return out
+
+
+def _solve_share(
+    mine: Sequence[int],
+    covs: dict[int, torch.Tensor],
+    entries: Sequence[Entry],
+    mode_stats: dict[str, Sequence[str]],
+    context: Callable[..., S.StatContext],
+    threshold: float,
+    rule: str,
+    average: bool,
+    backend: str | None,
+) -> list[tuple[int, tuple[dict[str, Any], float | None] | None]]:
+    """This rank's eigen solves and statistics: one batched call, then layer by layer if that fails."""
+    per_sample = {key for key in S.STATS if S.STATS[key].per_sample}
+    local = set(LOCAL_STATS)
+
+    def solve(ks: Sequence[int]) -> list[tuple[int, tuple[dict[str, Any], float | None]]]:
+        eigs, traces = S.spectra([covs[k] for k in ks], backend=backend)
+        out = []
+        for k, lam, trace in zip(ks, eigs, traces, strict=True):
+            mode = entries[k][0]
+            keys_k = [key for key in mode_stats[mode] if key not in local and key not in per_sample]
+            vals, _ = S.compute(context(k, lam, float(trace)), keys_k)
+            out.append((k, (vals, S.saturation(lam, threshold, rule=rule) if average else None)))
+        return out
+
+    if not mine:
+        return []
+    try:
+        return solve(mine)
+    except NUMERIC_ERRORS:
+        pass
+    results: list[tuple[int, tuple[dict[str, Any], float | None] | None]] = []
+    for k in mine:  # find the layers that fail on their own
+        try:
+            results.extend(solve([k]))
+        except NUMERIC_ERRORS as exc:
+            mode, layer = entries[k][0], entries[k][1]
+            warn_user(
+                f"delve_fast: layer {layer!r} ({mode}): its statistics could not be computed "
+                f"({type(exc).__name__}: {exc}); its statistics are NaN",
+                RuntimeWarning,
+            )
+            results.append((k, None))
+    return results

@@ -19,14 +19,14 @@ import torch
 from delve_fast import stats as S
 from delve_fast._warn import warn_user
 
-__all__ = ["compute_layers_safely", "nan_cells"]
+__all__ = ["compute_layers_safely", "nan_cells", "NUMERIC_ERRORS"]
 
 #: ``(mode, layer, state, to_delve_order)``, as :func:`delve_fast.stats.compute_layers` takes them.
 Entry = tuple[str, str, Any, Callable[[torch.Tensor], torch.Tensor]]
 
 #: What a failing statistic may raise: torch.linalg.LinAlgError is a RuntimeError,
 #: NumPy's is its own class; a ValueError comes from shape checks on odd input.
-_NUMERIC_ERRORS = (RuntimeError, ValueError, ArithmeticError, np.linalg.LinAlgError)
+NUMERIC_ERRORS = (RuntimeError, ValueError, ArithmeticError, np.linalg.LinAlgError)
 
 
 def nan_cells(mode: str, layer: str, n_features: int | None, keys: Sequence[str]) -> dict[str, Any]:
@@ -125,13 +125,13 @@ def compute_layers_safely(
 
     try:
         values, samples = run(good, average) if good else ({}, {})
-    except _NUMERIC_ERRORS:
+    except NUMERIC_ERRORS:
         # Find the layers that fail on their own; the rest are computed together again.
         survivors = []
         for entry in good:
             try:
                 run([entry], False)
-            except _NUMERIC_ERRORS as exc:
+            except NUMERIC_ERRORS as exc:
                 _warn(
                     f"layer {entry[1]!r} ({entry[0]}): its statistics could not be computed "
                     f"({type(exc).__name__}: {exc}); its statistics are NaN"
@@ -141,7 +141,7 @@ def compute_layers_safely(
                 survivors.append(entry)
         try:
             values, samples = run(survivors, average) if survivors else ({}, {})
-        except _NUMERIC_ERRORS as exc:
+        except NUMERIC_ERRORS as exc:
             _warn(f"the statistics could not be computed ({type(exc).__name__}: {exc}); every cell is NaN")
             broken.extend(survivors)
             values, samples = {}, {}

@@ -165,3 +165,38 @@ def ddp_worker(rank: int, world: int, out_dir: str) -> None:
     Path(out_dir, f"result{rank}.pkl").write_bytes(
         pickle.dumps({"names": names, "values": values, "s": seconds, "exchange": exchange})
     )
+
+
+def nan_batch_job(rank: int, world: int, out_dir: str) -> None:
+    """Two epochs of forward passes with bad batches on some ranks; values and warnings pickled per rank.
+
+    Epoch 0: rank 0's second training batch holds a NaN (skipped on rank 0 only), and every eval
+    batch on every rank holds one (the eval cells must be NaN). Epoch 1: clean training batches,
+    and rank 1's eval batch is finite but so large (1e200) that its outer products overflow, so
+    the merged eval covariance holds Inf (NaN cells on every rank, and no rank left waiting).
+    """
+    import warnings
+
+    model = small_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _tracker(str(Path(out_dir, "run")), model) as tracker:
+            values = []
+            for epoch in range(2):
+                with torch.no_grad():
+                    model.train()
+                    for step in range(STEPS):
+                        x, _ = train_batch(rank, epoch, step)
+                        if (epoch, step, rank) == (0, 1, 0):
+                            x[2, 1, 3, 3] = float("nan")
+                        model(x)
+                    model.eval()
+                    xe = eval_batch(rank, 0)
+                    if epoch == 0:
+                        xe[0, 0, 0, 0] = float("nan")
+                    elif rank == 1:
+                        xe = xe * 1e200
+                    model(xe)
+                values.append(tracker.add_saturations())
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    Path(out_dir, f"nan{rank}.pkl").write_bytes(pickle.dumps({"values": values, "warnings": messages}))

@@ -21,11 +21,15 @@ from ddp_scenario import (  # noqa: E402
     EPOCHS,
     PLAIN_NAMES,
     STATS,
+    STEPS,
     checkpoint_first_half,
     checkpoint_second_half,
     ddp_worker,
+    eval_batch,
+    nan_batch_job,
     small_model,
     train,
+    train_batch,
 )
 from torch import nn
 
@@ -237,6 +241,65 @@ def test_ddp_job_reports_the_statistics_of_all_shards(tmp_path, world):
     assert np.array_equal(saved, results[0]["values"][1]["train-covariance-matrix_4"])
     for r in range(1, world):
         assert not (tmp_path / f"rank{r}").exists()
+
+
+def test_bad_batches_on_some_ranks_give_the_single_process_cells_on_every_rank(tmp_path):
+    # A NaN batch on one rank is left out of that rank's shard only; a layer whose batches all held
+    # NaN on every rank, or whose merged covariance overflows to Inf, gets NaN cells on every rank,
+    # with warnings, and no rank raises (which would leave its peers waiting in a collective).
+    run_on_gloo(nan_batch_job, 2, str(tmp_path), timeout_s=150)
+    ranks = [pickle.loads(Path(tmp_path, f"nan{r}.pkl").read_bytes()) for r in range(2)]
+
+    # The single-process reference sees both ranks' batches, the bad ones included, and so skips
+    # and reports exactly what the job should.
+    model = small_model()
+    with pytest.warns(RuntimeWarning), SaturationTracker(
+        str(tmp_path / "ref" / "run"), save_to=[], modules=model, stats=STATS, device="cpu",
+        average_sat=True, distributed=False, nosave=True,
+    ) as tracker:  # fmt: skip
+        expected = []
+        for epoch in range(2):
+            with torch.no_grad():
+                model.train()
+                for step in range(STEPS):
+                    for rank in range(2):
+                        x, _ = train_batch(rank, epoch, step)
+                        if (epoch, step, rank) == (0, 1, 0):
+                            x[2, 1, 3, 3] = float("nan")
+                        model(x)
+                model.eval()
+                for rank in range(2):
+                    xe = eval_batch(rank, 0)
+                    if epoch == 0:
+                        xe[0, 0, 0, 0] = float("nan")
+                    elif rank == 1:
+                        xe = xe * 1e200
+                    model(xe)
+            expected.append(tracker.add_saturations())
+
+    for epoch in range(2):
+        want = expected[epoch]
+        assert any(k.startswith("eval-") for k in want)
+        for k, v in want.items():
+            scalar = np.ndim(v) == 0
+            if k.startswith("eval-") or k == "average-eval-sat":
+                assert np.isnan(v).all(), (epoch, k)  # the reference itself: NaN cells, not absent
+            elif scalar:
+                assert np.isfinite(v), (epoch, k)
+        for r, res in enumerate(ranks):
+            got = res["values"][epoch]
+            assert list(got) == list(want), (r, epoch)
+            for k, v in want.items():
+                # Tolerance 1e-9 as in the DDP job test above: float64 summation order only.
+                np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=0, equal_nan=True, err_msg=f"{r} {k}")
+
+    # Rank 0 names its own skipped batch; every rank explains the NaN cells.
+    assert any("(train), rank 0: 1 batch(es) holding NaN" in m for m in ranks[0]["warnings"])
+    assert not any("(train), rank 1" in m for m in ranks[1]["warnings"])  # rank 1's training was clean
+    assert any("(eval), rank 1: 1 batch(es) holding NaN" in m for m in ranks[1]["warnings"])
+    for res in ranks:
+        assert any("every recorded batch on every rank held NaN" in m for m in res["warnings"])
+        assert any("merged covariance holds NaN or Inf" in m for m in res["warnings"])
 
 
 def test_ranks_checkpoint_their_own_state_and_a_fresh_pair_resumes_mid_epoch(tmp_path):
