@@ -190,3 +190,44 @@ def test_without_attach_values_still_reach_log_history(tmp_path):
 def test_attach_rejects_a_non_trainer():
     with pytest.raises(TypeError, match="transformers.Trainer"):
         SaturationCallback("unused").attach(object())
+
+
+def test_ddp_on_two_processes_logs_the_merged_values_from_rank_zero_only(tmp_path):
+    # torchrun starts 2 processes; the Trainer wraps the model in DDP on gloo and gives each rank
+    # its shard. Each rank records what its tracked layers produced; one plain tracker replays both.
+    import subprocess
+    import sys
+
+    scenario = Path(__file__).with_name("hf_ddp_scenario.py")
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(scenario)]
+    proc = subprocess.run([*cmd, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    layers = ranks[0]["layers"]
+    assert {row for row, *_ in ranks[1]["records"]} == {0, 1}  # rank 1 trained and evaluated
+    expected = replay(ranks[0]["records"] + ranks[1]["records"], layers, rows=[0, 1], stats=STATS)
+    assert all(any(k.startswith("eval-") for k in row) for row in expected)
+
+    # Rank 0's CSV row = the statistics of both shards. Tolerance 1e-9: the merge adds the ranks'
+    # float64 sums in another order than one state fed every batch (differences ~1e-15), which
+    # the eigen solves of these full-rank 3..10-wide covariances amplify by far less than 1e6.
+    written = read_csv_rows(str(out / "sat" / "run.csv"))
+    assert len(written) == 2
+    for i in range(2):
+        assert set(written[i]) == set(expected[i])
+        for key, want in expected[i].items():
+            assert written[i][key] == pytest.approx(float(want), rel=1e-9, abs=0), (i, key)
+    # Every rank computed the same merged values; only rank 0 writes files and logs them.
+    assert ranks[0]["last_values"] == ranks[1]["last_values"]
+    assert ranks[0]["writers"] == ["CSVWriter"] and ranks[1]["writers"] == []
+    keys = set(expected[0])
+    assert not any(keys & set(entry) for entry in ranks[1]["log_history"])
+    logged = [entry for entry in ranks[0]["log_history"] if keys & set(entry)]
+    assert len(logged) == 2
+    for i, entry in enumerate(logged):
+        for key in keys:
+            assert entry[key] == pytest.approx(written[i][key], rel=1e-12, abs=0), (i, key)
