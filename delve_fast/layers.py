@@ -28,7 +28,8 @@ not tracked); types registered as *whole* (``nn.MultiheadAttention``, and
 custom types by default) are tracked as one layer and their children are not
 searched.
 Wrappers that add a level without adding a layer (``DistributedDataParallel``,
-``DataParallel``, ``torch.compile``'s ``OptimizedModule``) are looked through,
+``DataParallel``, ``torch.compile``'s ``OptimizedModule``, FSDP's
+``FullyShardedDataParallel``, activation-checkpoint wrappers) are looked through,
 so a wrapped model gets the names of the plain one.
 """
 
@@ -269,21 +270,35 @@ def supported_types_text() -> str:
     return ", ".join(names)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The model inside any ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers.
+#: Wrappers recognised by type name (naming a layer must not import the compiler or FSDP) and the
+#: attribute that holds the wrapped module: torch.compile's, FSDP's (the original API, which wraps
+#: the module; ``fully_shard`` adds no level) and the activation-checkpoint and CPU-offload wrappers.
+_NAMED_WRAPPERS: dict[str, str] = {
+    "OptimizedModule": "_orig_mod",
+    "FullyShardedDataParallel": "_fsdp_wrapped_module",
+    "CheckpointWrapper": "_checkpoint_wrapped_module",
+    "OffloadWrapper": "_checkpoint_wrapped_module",
+}
 
-    Each wrapper holds the model as a child (``module`` or ``_orig_mod``), which
-    would otherwise add ``module-`` or ``_orig_mod-`` to every layer name.
-    ``torch.compile``'s wrapper is recognised by its type name, so naming a
-    layer never imports the compiler stack.
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside any wrappers that add a level to the module tree but no layer.
+
+    ``DistributedDataParallel``, ``DataParallel``, ``torch.compile``'s
+    ``OptimizedModule``, FSDP's ``FullyShardedDataParallel`` and the
+    activation-checkpoint wrappers each hold the model as a child (``module``,
+    ``_orig_mod``, ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module``),
+    which would otherwise add that name to every layer name below it.
     """
     while True:
         if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             module = module.module
-        elif type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod
-        else:
+            continue
+        attr = _NAMED_WRAPPERS.get(type(module).__name__)
+        inner = getattr(module, attr, None) if attr is not None else None
+        if not isinstance(inner, nn.Module):
             return module
+        module = inner
 
 
 def collect_layers(
