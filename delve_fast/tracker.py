@@ -254,6 +254,9 @@ class SaturationTracker:
         self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
         self.epoch = self.initial_epoch
+        # Whether values reached the writers since the last closed epoch: delve's scripts call
+        # save() right after add_saturations(), which must not close a second, empty epoch.
+        self._epoch_dirty = False
         self._warned_few_samples: set[tuple[str, str]] = set()  # (mode, layer) told n <= C, once each
         try:
             # Only the main rank (every rank without torch.distributed) creates folders and files.
@@ -312,9 +315,17 @@ class SaturationTracker:
 
             return _noop
         try:
-            return getattr(self.__dict__["writer"], name)
+            attr = getattr(self.__dict__["writer"], name)
         except AttributeError:
             raise AttributeError(f"neither {type(self).__name__} nor its writer has attribute {name!r}") from None
+        if not name.startswith("add_") or not callable(attr):
+            return attr
+
+        def _add(*args: Any, **kwargs: Any) -> Any:
+            self._epoch_dirty = True  # a later save() has an epoch to close
+            return attr(*args, **kwargs)
+
+        return _add
 
     def __repr__(self) -> str:
         return (
@@ -436,13 +447,22 @@ class SaturationTracker:
         self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types))))
 
     def save(self) -> None:
-        """Close the epoch: every writer persists it, and :attr:`epoch` moves on.
+        """Close the epoch if values were added since the last one closed.
 
-        :meth:`add_saturations` calls it; call it yourself only to close an
-        epoch without statistics.
+        Every writer persists the epoch and :attr:`epoch` moves on.
+        :meth:`add_saturations` already closes its epoch, so a ``save()`` right
+        after it does nothing, as in delve (whose ``save()`` only rewrites the
+        files). Call it yourself to close an epoch that holds only
+        ``add_scalar`` values, or after ``add_saturations(save=False)``.
         """
+        if self._epoch_dirty:
+            self._close_epoch()
+
+    def _close_epoch(self) -> None:
+        """Every writer persists the open epoch (even an empty one) and :attr:`epoch` moves on."""
         self.writer.save()
         self.epoch += 1
+        self._epoch_dirty = False
 
     # -------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -561,7 +581,9 @@ class SaturationTracker:
                 self.writer.add_scalar(key, value, global_step=self.epoch)
         self._recorder.end_epoch(self.layers, self.reset_covariance)
         if save:
-            self.save()
+            self._close_epoch()
+        else:
+            self._epoch_dirty = True
         return values
 
 
