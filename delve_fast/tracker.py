@@ -28,7 +28,9 @@ from delve_fast import masking, ops, views
 from delve_fast import stats as S
 from delve_fast import validation as V
 from delve_fast._loader import check_backend
+from delve_fast._warn import warn_user
 from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
+from delve_fast.hooks import LayerHook
 from delve_fast.recorder import LayerRecorder
 from delve_fast.safe_stats import compute_layers_safely
 from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
@@ -270,7 +272,7 @@ class SaturationTracker:
             # Hooks last: a constructor that fails must leave the model as it found it.
             for name, layer in self.layers.items():
                 view = L.layer_view(layer, self._layer_types)
-                self._hooks.append(layer.register_forward_hook(self._make_hook(name, view)))
+                self._hooks.append(layer.register_forward_hook(LayerHook(layer, self._make_hook(name, view))))
                 log.info("added layer %s", name)
         except BaseException:
             self.close()
@@ -444,7 +446,8 @@ class SaturationTracker:
             return
         name = f"Module-{len(self.layers)}-{type(layer).__name__}"
         self.layers[name] = layer
-        self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types))))
+        hook = LayerHook(layer, self._make_hook(name, L.layer_view(layer, self._layer_types)))
+        self._hooks.append(layer.register_forward_hook(hook))
 
     def save(self) -> None:
         """Close the epoch if values were added since the last one closed.
@@ -455,8 +458,17 @@ class SaturationTracker:
         files). Call it yourself to close an epoch that holds only
         ``add_scalar`` values, or after ``add_saturations(save=False)``.
         """
-        if self._epoch_dirty:
+        if self._epoch_dirty and not self._warn_if_closed("save"):
             self._close_epoch()
+
+    def _warn_if_closed(self, what: str) -> bool:
+        """Warn and return True when the tracker is closed (its files are final: nothing more is written)."""
+        if self._closed:
+            warn_user(
+                f"{what}() called after close(): the tracker's hooks are removed and its files are final, "
+                "so nothing is computed or written; build a new SaturationTracker to continue"
+            )
+        return self._closed
 
     def _close_epoch(self) -> None:
         """Every writer persists the open epoch (even an empty one) and :attr:`epoch` moves on."""
@@ -563,8 +575,11 @@ class SaturationTracker:
         Returns
         -------
         dict
-            Every value written, by column name.
+            Every value written, by column name; empty, with a warning, after
+            :meth:`close`.
         """
+        if self._warn_if_closed("add_saturations"):
+            return {}
         values, samples = self.compute_saturations()
         if self.verbose and D.is_main_rank(self._group):
             for col, value in values.items():
