@@ -581,6 +581,10 @@ class SaturationTracker:
         if self._warn_if_closed("add_saturations"):
             return {}
         values, samples = self.compute_saturations()
+        if self.average_sat:
+            # delve writes both average columns every epoch: a mode without data gets a NaN cell.
+            for mode in S.MODES:
+                values.setdefault(f"average-{mode}-sat", float("nan"))
         if self.verbose and D.is_main_rank(self._group):
             for col, value in values.items():
                 if not any(name in col for name in S.ARRAY_STATS):
