@@ -22,7 +22,8 @@ type                                                   view        conv
 =====================================================  ==========  =========
 
 Names follow delve: the ``_modules`` keys from the model down to the layer
-joined with ``-``; a layer given directly in a list is ``Module-<i>-<TypeName>``.
+joined with ``-``; a layer given directly in a list is ``Module-<i>-<TypeName>``;
+a string ``name`` attribute set on a layer replaces its name, as in delve.
 Delve's own types are tracked as leaves (a module with children is searched,
 not tracked); types registered as *whole* (``nn.MultiheadAttention``, and
 custom types by default) are tracked as one layer and their children are not
