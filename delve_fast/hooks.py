@@ -7,6 +7,8 @@ attached; and a deep copy kept calling the same closure, so every forward
 pass of the copy (an EMA or teacher model, say) was recorded as if the
 original layer had made it. :class:`LayerHook` is copied as an inert hook
 instead: copies of a model are never tracked, and pickling works.
+The hook also ignores the forward passes that activation checkpointing
+repeats inside ``backward()`` (:func:`in_backward`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["LayerHook"]
+__all__ = ["LayerHook", "in_backward"]
+
+# -1 outside the autograd engine; a private torch function, so its absence only disables the check.
+_graph_task_id: Callable[[], int] | None = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def in_backward() -> bool:
+    """Whether this forward pass runs inside ``backward()``.
+
+    Activation checkpointing (``torch.utils.checkpoint``, Hugging Face's
+    ``gradient_checkpointing_enable()``) runs a block's forward again during
+    ``backward()`` to rebuild what it did not store. Those outputs repeat the
+    batch already recorded: folding them again would double the sample count
+    and use up ``max_samples`` with copies.
+    """
+    return _graph_task_id is not None and _graph_task_id() != -1
 
 
 class LayerHook:

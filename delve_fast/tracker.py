@@ -30,7 +30,7 @@ from delve_fast import validation as V
 from delve_fast._loader import check_backend
 from delve_fast._warn import warn_user
 from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
-from delve_fast.hooks import LayerHook
+from delve_fast.hooks import LayerHook, in_backward
 from delve_fast.recorder import LayerRecorder
 from delve_fast.safe_stats import compute_layers_safely
 from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
@@ -291,7 +291,7 @@ class SaturationTracker:
         recorder = self._recorder
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self.record:
+            if not self.record or in_backward():
                 return
             mode = "train" if module.training else "eval"
             record, room = recorder.admit(mode, name)

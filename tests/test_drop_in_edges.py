@@ -201,3 +201,26 @@ def test_ignore_layer_names_matches_a_name_attribute_like_delve(tmp_path):
             tracker.close()
         columns.append(set(_rows(str(path) + ".csv").columns))
     assert columns[0] == columns[1] == {"train-saturation_stem"}
+
+
+# ------------------------------------------------------- activation checkpointing
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpoint_recompute_in_backward_is_not_recorded(tmp_path, use_reentrant):
+    """torch.utils.checkpoint runs the forward again inside backward(): only the first run is a sample."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    reference = copy.deepcopy(model)  # taken before the tracker: no hooks, the same weights
+    tracker = SaturationTracker(
+        str(tmp_path / "run"), "csv", model, stats=["trc", "count"], device="cpu", max_samples=15
+    )
+    batches = [torch.randn(10, 4, requires_grad=True) for _ in range(2)]
+    for x in batches:
+        checkpoint(model, x, use_reentrant=use_reentrant).sum().backward()
+    values = tracker.add_saturations()
+    tracker.close()
+    with torch.no_grad():
+        rows = np.concatenate([reference[0](x).double().numpy() for x in batches])[:15]  # max_samples keeps 10 + 5
+    assert values["train-sample-count_0"] == 15
+    assert values["train-covariance-trace_0"] == pytest.approx(_trace([rows]), rel=RTOL)
