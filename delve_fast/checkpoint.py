@@ -5,8 +5,9 @@ values and tensor copies (it can be passed to :func:`torch.save`):
 
 ``format``, ``version``
     What the dict is; :func:`load_tracker_state_dict` refuses others.
-``epoch``, ``record``
-    The open epoch and whether recording was paused by ``stop()``.
+``epoch``, ``record``, ``epoch_dirty``
+    The open epoch, whether recording was paused by ``stop()``, and whether
+    the open epoch holds values (so a ``save()`` after restoring closes it).
 ``layers``
     The tracked layer names, in order; a restore needs the same layers.
 ``recorder``
@@ -53,6 +54,8 @@ def tracker_state_dict(tracker: SaturationTracker) -> dict[str, Any]:
         "version": STATE_VERSION,
         "epoch": int(tracker.epoch),
         "record": bool(tracker.record),
+        # Whether the open epoch holds values, so that a save() after restoring closes it.
+        "epoch_dirty": bool(tracker._epoch_dirty),
         "layers": list(tracker.layers),
         "writer_types": _writer_types(tracker),
         "recorder": tracker._recorder.state_dict(),
@@ -108,3 +111,4 @@ def load_tracker_state_dict(tracker: SaturationTracker, state: Mapping[str, Any]
     tracker.writer.load_state_dict(state["writer"])
     tracker.epoch = int(state["epoch"])
     tracker.record = bool(state["record"])
+    tracker._epoch_dirty = bool(state.get("epoch_dirty", False))  # absent from states saved before it existed

@@ -22,7 +22,8 @@ type                                                   view        conv
 =====================================================  ==========  =========
 
 Names follow delve: the ``_modules`` keys from the model down to the layer
-joined with ``-``; a layer given directly in a list is ``Module-<i>-<TypeName>``.
+joined with ``-``; a layer given directly in a list is ``Module-<i>-<TypeName>``;
+a string ``name`` attribute set on a layer replaces its name, as in delve.
 Delve's own types are tracked as leaves (a module with children is searched,
 not tracked); types registered as *whole* (``nn.MultiheadAttention``, and
 custom types by default) are tracked as one layer and their children are not
@@ -408,8 +409,43 @@ def select_layers(
     if not isinstance(filtered, Mapping):
         raise TypeError(f"layer_filter must return a dict of name -> module, got {type(filtered).__name__}")
     ignored = set(ignore_layer_names)
-    return {
+    kept = {
         name: layer
         for name, layer in filtered.items()
         if name not in ignored and _tracked(layer, include_conv, types) is not None
     }
+    # delve names a layer by a ``name`` attribute its user set on it (its own tests do so), and
+    # matches ``ignore_layer_names`` against that name too.
+    return {name: layer for name, layer in apply_own_names(kept).items() if name not in ignored}
+
+
+def own_name(module: nn.Module) -> str | None:
+    """The ``name`` attribute set on this module instance, if it is a non-empty string (else None)."""
+    name = module.__dict__.get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def apply_own_names(layers: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """Rename each layer that carries its own ``name`` attribute to that name, as delve does.
+
+    A name that another layer already uses (delve would overwrite one layer's
+    data with the other's) keeps the layer's path name, with a warning.
+    """
+    wanted = {key: own_name(layer) or key for key, layer in layers.items()}
+    counts: dict[str, int] = {}
+    for name in wanted.values():
+        counts[name] = counts.get(name, 0) + 1
+    out: dict[str, nn.Module] = {}
+    for key, layer in layers.items():
+        name = wanted[key]
+        # Only a name no other layer wants, and no other layer's path name, is taken: then no two
+        # layers can end up under one name, whichever of them keep their path names.
+        if name != key and (counts[name] > 1 or name in layers):
+            warnings.warn(
+                f"layer {key!r} has name attribute {name!r}, which another layer also uses; it is tracked as {key!r}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            name = key
+        out[name] = layer
+    return out

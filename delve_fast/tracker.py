@@ -28,8 +28,9 @@ from delve_fast import masking, ops, views
 from delve_fast import stats as S
 from delve_fast import validation as V
 from delve_fast._loader import check_backend
+from delve_fast._warn import warn_user
 from delve_fast.covariance import DEFAULT_DEVICE, DEFAULT_MAX_SAVED_SAMPLES, TorchCovarianceMatrix, resolve_device
-from delve_fast.recompute import in_backward_pass
+from delve_fast.hooks import LayerHook, in_backward
 from delve_fast.recorder import LayerRecorder
 from delve_fast.safe_stats import compute_layers_safely
 from delve_fast.views import CONV_METHODS, INTERPOLATION_MODES, TIMESERIES_METHODS
@@ -255,6 +256,9 @@ class SaturationTracker:
         self.logs, self.seen_samples = self._recorder.logs, self._recorder.seen_samples
         self.record = True
         self.epoch = self.initial_epoch
+        # Whether values reached the writers since the last closed epoch: delve's scripts call
+        # save() right after add_saturations(), which must not close a second, empty epoch.
+        self._epoch_dirty = False
         self._warned_few_samples: set[tuple[str, str]] = set()  # (mode, layer) told n <= C, once each
         try:
             # Only the main rank (every rank without torch.distributed) creates folders and files.
@@ -268,7 +272,7 @@ class SaturationTracker:
             # Hooks last: a constructor that fails must leave the model as it found it.
             for name, layer in self.layers.items():
                 view = L.layer_view(layer, self._layer_types)
-                self._hooks.append(layer.register_forward_hook(self._make_hook(name, view)))
+                self._hooks.append(layer.register_forward_hook(LayerHook(layer, self._make_hook(name, view))))
                 log.info("added layer %s", name)
         except BaseException:
             self.close()
@@ -287,7 +291,7 @@ class SaturationTracker:
         recorder = self._recorder
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self.record or in_backward_pass():  # a checkpoint's recomputation: seen once already
+            if not self.record or in_backward():  # a checkpoint's recomputation: recorded already
                 return
             mode = "train" if module.training else "eval"
             record, room = recorder.admit(mode, name)
@@ -313,9 +317,17 @@ class SaturationTracker:
 
             return _noop
         try:
-            return getattr(self.__dict__["writer"], name)
+            attr = getattr(self.__dict__["writer"], name)
         except AttributeError:
             raise AttributeError(f"neither {type(self).__name__} nor its writer has attribute {name!r}") from None
+        if not name.startswith("add_") or not callable(attr):
+            return attr
+
+        def _add(*args: Any, **kwargs: Any) -> Any:
+            self._epoch_dirty = True  # a later save() has an epoch to close
+            return attr(*args, **kwargs)
+
+        return _add
 
     def __repr__(self) -> str:
         return (
@@ -434,16 +446,35 @@ class SaturationTracker:
             return
         name = f"Module-{len(self.layers)}-{type(layer).__name__}"
         self.layers[name] = layer
-        self._hooks.append(layer.register_forward_hook(self._make_hook(name, L.layer_view(layer, self._layer_types))))
+        hook = LayerHook(layer, self._make_hook(name, L.layer_view(layer, self._layer_types)))
+        self._hooks.append(layer.register_forward_hook(hook))
 
     def save(self) -> None:
-        """Close the epoch: every writer persists it, and :attr:`epoch` moves on.
+        """Close the epoch if values were added since the last one closed.
 
-        :meth:`add_saturations` calls it; call it yourself only to close an
-        epoch without statistics.
+        Every writer persists the epoch and :attr:`epoch` moves on.
+        :meth:`add_saturations` already closes its epoch, so a ``save()`` right
+        after it does nothing, as in delve (whose ``save()`` only rewrites the
+        files). Call it yourself to close an epoch that holds only
+        ``add_scalar`` values, or after ``add_saturations(save=False)``.
         """
+        if self._epoch_dirty and not self._warn_if_closed("save"):
+            self._close_epoch()
+
+    def _warn_if_closed(self, what: str) -> bool:
+        """Warn and return True when the tracker is closed (its files are final: nothing more is written)."""
+        if self._closed:
+            warn_user(
+                f"{what}() called after close(): the tracker's hooks are removed and its files are final, "
+                "so nothing is computed or written; build a new SaturationTracker to continue"
+            )
+        return self._closed
+
+    def _close_epoch(self) -> None:
+        """Every writer persists the open epoch (even an empty one) and :attr:`epoch` moves on."""
         self.writer.save()
         self.epoch += 1
+        self._epoch_dirty = False
 
     # -------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -544,9 +575,16 @@ class SaturationTracker:
         Returns
         -------
         dict
-            Every value written, by column name.
+            Every value written, by column name; empty, with a warning, after
+            :meth:`close`.
         """
+        if self._warn_if_closed("add_saturations"):
+            return {}
         values, samples = self.compute_saturations()
+        if self.average_sat:
+            # delve writes both average columns every epoch: a mode without data gets a NaN cell.
+            for mode in S.MODES:
+                values.setdefault(f"average-{mode}-sat", float("nan"))
         if self.verbose and D.is_main_rank(self._group):
             for col, value in values.items():
                 if not any(name in col for name in S.ARRAY_STATS):
@@ -562,7 +600,9 @@ class SaturationTracker:
                 self.writer.add_scalar(key, value, global_step=self.epoch)
         self._recorder.end_epoch(self.layers, self.reset_covariance)
         if save:
-            self.save()
+            self._close_epoch()
+        else:
+            self._epoch_dirty = True
         return values
 
 

@@ -16,7 +16,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.utils.checkpoint import checkpoint
 
 from delve_fast import SaturationTracker
-from delve_fast.recompute import in_backward_pass
+from delve_fast.hooks import in_backward
 
 STATS = ["lsat", "idim", "trc"]
 
@@ -85,15 +85,15 @@ def test_checkpointed_blocks_are_recorded_once(tmp_path, wrapping):
         np.testing.assert_allclose(got_values[key], want, rtol=1e-9, atol=0, err_msg=key)
 
 
-def test_in_backward_pass_is_true_only_inside_autograds_backward():
+def test_in_backward_is_true_only_inside_autograds_backward():
     seen = []
     x = torch.ones(3, requires_grad=True)
     y = x * 2
-    y.register_hook(lambda grad: seen.append(in_backward_pass()) or grad)
-    assert not in_backward_pass()
+    y.register_hook(lambda grad: seen.append(in_backward()) or grad)
+    assert not in_backward()
     y.sum().backward()
     assert seen == [True]
-    assert not in_backward_pass()
+    assert not in_backward()
 
 
 def test_forwards_outside_backward_are_still_recorded(tmp_path):
