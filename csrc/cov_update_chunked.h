@@ -72,7 +72,7 @@ struct Backend {
   std::function<void(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate)> gram32;
   // The merge of step 3, given the shift, the batch's shifted sums and acc.
   std::function<void(at::Tensor& mean, at::Tensor& m2, at::Tensor& counts, const at::Tensor& acc,
-                      const at::Tensor& psum, const at::Tensor& shift, int64_t k)>
+                     const at::Tensor& psum, const at::Tensor& shift, int64_t k)>
       merge;
 };
 
