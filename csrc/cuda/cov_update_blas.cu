@@ -28,6 +28,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "cov_update_chunked.h"
 #include "cuda/cov_update_blas.h"
@@ -47,10 +48,21 @@ CudaUpdatePath cuda_update_path() {
 
 namespace {
 
+// The C entry point of cublasGemmStridedBatchedEx (the header adds a C++
+// overload taking a cudaDataType compute type, so decltype cannot name it).
+using GemmStridedBatchedExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                                  const void*, const void*, cudaDataType, int, long long, const void*,
+                                                  cudaDataType, int, long long, const void*, void*, cudaDataType, int,
+                                                  long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+// Fails to compile if the header's C declaration ever differs from the type
+// above (unevaluated: the symbol itself is never referenced, only dlsym'd).
+static_assert(
+    std::is_same_v<decltype(static_cast<GemmStridedBatchedExFn>(&cublasGemmStridedBatchedEx)), GemmStridedBatchedExFn>);
+
 struct Cublas {
   decltype(&cublasDsyrk_v2) dsyrk = nullptr;
   decltype(&cublasDgemm_v2) dgemm = nullptr;
-  decltype(&cublasGemmStridedBatchedEx) gemm_batched_ex = nullptr;
+  GemmStridedBatchedExFn gemm_batched_ex = nullptr;
   decltype(&cublasSetPointerMode_v2) set_pointer_mode = nullptr;
   std::string error;  // why it is unavailable; empty when every symbol was found
 };
