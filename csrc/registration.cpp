@@ -14,6 +14,13 @@ TORCH_LIBRARY(delve_fast, m) {
   // counts[1] grows by one. mixed=True forms each tile's product in float32
   // (on shifted data) and accumulates the tiles in float64.
   m.def("cov_update_(Tensor(a!) mean, Tensor(b!) m2, Tensor(c!) counts, Tensor x, bool mixed=False) -> ()");
+  // Private: the chunked (cuBLAS on CUDA) path of cov_update_, callable on
+  // the CPU too, where it emulates the GPU's arithmetic for tests
+  // (cov_update_chunked.h). chunk > 0 sets the samples per chunk; gram is
+  // "syrk" (one triangle of each product) or "gemm" (the whole product).
+  m.def(
+      "_cov_update_chunked(Tensor(a!) mean, Tensor(b!) m2, Tensor(c!) counts, Tensor x, bool mixed=False, "
+      "int chunk=0, str gram='syrk') -> ()");
   // Eigenvalues of each symmetric matrix, descending, negatives clamped to 0.
   m.def("eigvalsh_desc(Tensor[] covs) -> Tensor[]");
 }

@@ -39,12 +39,19 @@ __all__ = [
     "PRECISIONS",
     "OPS",
     "SELF_CHECK_ENV_VAR",
+    "CUDA_UPDATE_ENV_VAR",
+    "CUDA_UPDATE_PATHS",
 ]
 
 PRECISIONS = ("double", "mixed")
 
 #: Set to ``0`` to skip the first-use self-check of accelerator kernels.
 SELF_CHECK_ENV_VAR = "DELVE_FAST_SELF_CHECK"
+
+#: Picks the CUDA ``cov_update_`` path (read by the kernel on every call): ``fused`` (default), or the
+#: cuBLAS chunked path with ``syrk`` or ``gemm`` products (docs/gpu.md).
+CUDA_UPDATE_ENV_VAR = "DELVE_FAST_CUDA_UPDATE"
+CUDA_UPDATE_PATHS = ("fused", "syrk", "gemm")
 
 #: Device types whose kernels the test-suite runs on every machine, so they skip the first-use check.
 #: Every other device type (CUDA) proves its kernels against the twin once per device and process.
@@ -112,14 +119,33 @@ def _self_check_enabled() -> bool:
     return os.environ.get(SELF_CHECK_ENV_VAR, "1").strip() != "0"
 
 
+def _kernel_variant(op: str, device: torch.device) -> str:
+    """The kernel variant that an environment switch selects for ``op`` on ``device``; ``""`` for the default.
+
+    The CUDA ``cov_update_`` has more than one path (``DELVE_FAST_CUDA_UPDATE``);
+    each is self-checked on its own the first time it is selected.
+    """
+    if op == "cov_update_" and device.type == "cuda":
+        path = os.environ.get(CUDA_UPDATE_ENV_VAR, "") or "fused"
+        return "" if path == "fused" else path
+    return ""
+
+
+def _check_label(op: str, device: torch.device) -> str:
+    """The op's name in self-check verdicts: ``cov_update_``, or ``cov_update_[syrk]`` for a non-default variant."""
+    variant = _kernel_variant(op, device)
+    return f"{op}[{variant}]" if variant else op
+
+
 def _distrusted(device: torch.device | str) -> list[str]:
-    """Names of the ops whose kernel failed its self-check on ``device`` (any index, for a bare type)."""
+    """Ops (with their selected variant) whose kernel failed its self-check on ``device`` (any index, for a bare type)."""
     device = torch.device(device)
     key = _device_key(device)
+    current = {_check_label(name, device) for name in OPS}
     out = []
     for (op, dev), ok in _trust.items():
         same = dev == key or (device.index is None and torch.device(dev).type == device.type)
-        if same and not ok:
+        if same and not ok and op in current:
             out.append(op)
     return out
 
@@ -186,11 +212,13 @@ _CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def _check_cov_update(kernel: Callable[..., Any], device: torch.device) -> bool:
     """Compare the ``cov_update_`` kernel with the twin on ``device``, over two updates per case.
 
-    Every input dtype and both precisions are run, each with one of three
+    The kernel is the path that ``DELVE_FAST_CUDA_UPDATE`` selects now (the
+    verdict is kept per path). Every input dtype and both precisions are run, each with one of three
     feature counts (both precisions see the largest), in the NCHW and the
     features-adjacent layouts. The twin runs in float64 on the same values:
     double must agree to 1e-9 of the largest entry (float64 round-off over a
-    thousand samples is ~1e-13), mixed to the documented float32-tile bound of 1e-4.
+    thousand samples is ~1e-13), mixed to the documented float32-tile bound of 1e-4
+    (the cuBLAS path's 3xTF32 products meet the same bound, docs/precision.md).
     """
     gen = torch.Generator(device="cpu").manual_seed(0)
     for i, (dtype, precision) in enumerate(itertools.product(_CHECK_DTYPES, PRECISIONS)):
@@ -270,7 +298,8 @@ def _trusted(spec: OpSpec, device: torch.device, want: str) -> bool:
     """
     if device.type in _SUITE_TESTED_DEVICE_TYPES or spec.self_check is None:
         return True
-    key = (spec.name, _device_key(device))
+    key = (_check_label(spec.name, device), _device_key(device))
+    label = key[0]
     if key not in _trust:
         if not _self_check_enabled():
             return True
@@ -282,7 +311,7 @@ def _trusted(spec: OpSpec, device: torch.device, want: str) -> bool:
             error = exc
         if not _trust[key]:
             what = f"raised {type(error).__name__}: {error}" if error else "disagrees with the pure-torch twin"
-            msg = f"delve_fast: the compiled {spec.name} kernel on {key[1]} {what} in its first-use self-check"
+            msg = f"delve_fast: the compiled {label} kernel on {key[1]} {what} in its first-use self-check"
             if want == "cpp":
                 raise RuntimeError(
                     f"{msg}; backend 'cpp' was requested, so it is not replaced by the twin "
@@ -291,7 +320,7 @@ def _trusted(spec: OpSpec, device: torch.device, want: str) -> bool:
             warnings.warn(f"{msg}; falling back to the twin for this device", RuntimeWarning, stacklevel=4)
     if not _trust[key] and want == "cpp":
         raise RuntimeError(
-            f"delve_fast backend 'cpp' was requested but the compiled {spec.name} kernel on {key[1]} "
+            f"delve_fast backend 'cpp' was requested but the compiled {label} kernel on {key[1]} "
             "failed its self-check against the twin; choose backend='auto' or 'torch'"
         )
     return _trust[key]

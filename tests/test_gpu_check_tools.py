@@ -40,17 +40,14 @@ def test_gpu_check_without_a_gpu_fails_cleanly_with_a_report(tmp_path):
 
 
 def test_benchmark_report_renders_every_row():
-    cov = [
-        {
-            "shape": "linear 8x4",
-            "dtype": "float32",
-            "compiled_double_ms": 1.0,
-            "compiled_mixed_ms": 0.5,
-            "twin_ms": 4.0,
-            "mm_ms": 0.25,
-            "compiled_double_tflops": 0.1,
-        }
-    ]
+    row = {"shape": "linear 8x4", "dtype": "float32", "twin_ms": 4.0, "mm_ms": 0.25}
+    for i, path in enumerate(gpu_check.UPDATE_PATHS):
+        row[f"{path}_double_ms"] = 1.0 + i
+        row[f"{path}_mixed_ms"] = 0.5 + i
+        row[f"{path}_double_err"] = 1e-15
+        row[f"{path}_mixed_err"] = 3e-7
+    row.update(best_double="fused", best_double_tflops=0.1)
+    cov = [row]
     eig = [
         {
             "width": w,
@@ -64,7 +61,12 @@ def test_benchmark_report_renders_every_row():
         for w in (64, 128)
     ]
     text = gpu_check.render(cov, eig)
-    assert "| linear 8x4 | float32 | 1.000 | 0.500 | 4.000 | 0.250 | 0.10 |" in text
+    assert (
+        "| linear 8x4 | float32 | 1.000 | 0.500 | 2.000 | 1.500 | 3.000 | 2.500 | 4.000 | 0.250 | fused | 0.10 |"
+        in text
+    )
+    assert "| linear 8x4 | float32 | 1.0e-15 | 3.0e-07 | 1.0e-15 | 3.0e-07 | 1.0e-15 | 3.0e-07 |" in text
+    assert "fused double | fused mixed | syrk double | syrk mixed | gemm double | gemm mixed" in text
     assert text.count("| float64 |") == 2 and "| 128 |" in text
 
 

@@ -6,6 +6,8 @@ check of a device value) raise, so tracked forward + backward + optimizer steps
 run under it prove that the hooks, the covariance update and its self-check queue
 work without waiting. The first steps (kernel loading, cuBLAS handles, the
 self-check's first use, first allocations) run before the mode is switched on.
+Every covariance update path is checked: the fused kernel and the cuBLAS path
+(``DELVE_FAST_CUDA_UPDATE=syrk|gemm``).
 
 "No per-call allocation beyond a cached workspace" is checked through the caching
 allocator's count of device segments (each one a cudaMalloc): after warm-up,
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 import delve_fast
+from delve_fast import ops
 from delve_fast.testing import require_compiled_device
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -50,9 +53,11 @@ def _step(model, opt, x, y):
     opt.step()
 
 
-@pytest.fixture
-def training(tmp_path, compiled):
+@pytest.fixture(params=ops.CUDA_UPDATE_PATHS)
+def training(request, tmp_path, compiled, monkeypatch):
+    """A tracked model on CUDA, with each covariance update path (DELVE_FAST_CUDA_UPDATE) in turn."""
     require_compiled_device("cuda")
+    monkeypatch.setenv(ops.CUDA_UPDATE_ENV_VAR, request.param)
     model = _model()
     # foreach SGD without momentum: its step needs no host-side state.
     opt = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)

@@ -34,6 +34,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/cov_update_blas.h"
+#include "cuda/merge_kernels.cuh"
 #include "delve_fast.h"
 
 namespace delve_fast {
@@ -45,9 +47,6 @@ constexpr int kTileK = 32;
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 constexpr int kMicro = 4;
 constexpr int kThreadsSide = kTile / kMicro;  // 16
-// Merge kernel tile.
-constexpr int kMergeTile = 32;
-constexpr int kMergeRows = 8;
 // Cap on the split-K partial buffers, in bytes.
 constexpr int64_t kPartialBytes = int64_t{256} << 20;
 // Smallest number of samples one split is worth.
@@ -181,80 +180,6 @@ __global__ void __launch_bounds__(kThreads)
   if (diag && tid < kTile && ci + tid < g.c) psums[p * g.c + ci + tid] = colsum;
 }
 
-// Merge scalars in the workspace, written by batch_vectors_kernel.
-constexpr int kScalGo = 0;    // 1.0: merge the batch, 0.0: it was skipped
-constexpr int kScalW = 1;     // count * k / (count + k)
-constexpr int kScalStep = 2;  // k / (count + k), the mean's step
-constexpr int kScalLen = 4;
-constexpr int kVectorThreads = 256;
-
-// One block. d = shifted batch mean, delta = batch mean - mean = (shift - mean)
-// + d; both into vec (2 * C). Grouped this way, shift == mean (count > 0)
-// gives delta = d exactly, so a large common offset never rounds the rank-1
-// correction. Then the decision: any non-finite sum skips the batch (counts[1]
-// += 1), otherwise the merge weights go to scal and counts[0] += k. Only
-// thread 0 touches counts, after every thread has voted.
-__global__ void __launch_bounds__(kVectorThreads)
-    batch_vectors_kernel(const double* __restrict__ psums, int64_t nsplit, int64_t c, double k, const double* shift,
-                         const double* mean, double* __restrict__ vec, double* __restrict__ counts,
-                         double* __restrict__ scal) {
-  int bad = 0;
-  for (int64_t i = threadIdx.x; i < c; i += blockDim.x) {
-    double sum = 0.0;
-    for (int64_t p = 0; p < nsplit; ++p) sum += psums[p * c + i];
-    bad |= !isfinite(sum);
-    const double d = sum / k;
-    vec[i] = d;
-    vec[c + i] = (shift[i] - mean[i]) + d;
-  }
-  bad = __syncthreads_or(bad);
-  if (threadIdx.x != 0) return;
-  if (bad) {
-    counts[1] += 1.0;
-    scal[kScalGo] = 0.0;
-    return;
-  }
-  const double count = counts[0];
-  const double total = count + k;
-  scal[kScalGo] = 1.0;
-  scal[kScalW] = count * k / total;
-  scal[kScalStep] = k / total;
-  counts[0] = total;
-}
-
-__global__ void __launch_bounds__(kMergeTile* kMergeRows)
-    merge_kernel(double* __restrict__ m2, double* __restrict__ mean, const double* __restrict__ part, int64_t nsplit,
-                 const double* __restrict__ vec, int64_t c, double k, const double* __restrict__ scal) {
-  const int64_t bi = blockIdx.y, bj = blockIdx.x;
-  // A skipped batch (the same value for every thread) leaves the state bit-identical.
-  if (bi > bj || scal[kScalGo] == 0.0) return;
-  const double w = scal[kScalW], mean_step = scal[kScalStep];
-  __shared__ double tile[kMergeTile][kMergeTile + 1];
-  const double* d = vec;
-  const double* delta = vec + c;
-  const int64_t ri = bi * kMergeTile, rj = bj * kMergeTile;
-  const int tx = threadIdx.x;
-  const int64_t j = rj + tx;
-  for (int r = threadIdx.y; r < kMergeTile; r += kMergeRows) {
-    const int64_t i = ri + r;
-    if (i < c && j < c && i <= j) {
-      double v = m2[i * c + j];
-      for (int64_t p = 0; p < nsplit; ++p) v += part[p * c * c + i * c + j];
-      v += w * delta[i] * delta[j] - k * d[i] * d[j];
-      m2[i * c + j] = v;
-      tile[r][tx] = v;
-    }
-  }
-  __syncthreads();
-  // Mirror: m2[j][i] = m2[i][j] for i < j, written row-wise (coalesced).
-  const int64_t i2 = ri + tx;
-  for (int r = threadIdx.y; r < kMergeTile; r += kMergeRows) {
-    const int64_t j2 = rj + r;
-    if (i2 < c && j2 < c && i2 < j2) m2[j2 * c + i2] = tile[tx][r];
-  }
-  if (bi == bj && threadIdx.y == 0 && ri + tx < c) mean[ri + tx] += delta[ri + tx] * mean_step;
-}
-
 struct SplitPlan {
   int64_t ntile;   // tiles per side of the Gram matrix
   int64_t ntiles;  // upper-triangle tiles: grid.x of syrk_tiles_kernel
@@ -278,9 +203,17 @@ inline SplitPlan plan_splits(int64_t c, int64_t k, int64_t sms) {
   return p;
 }
 
-// mixed is accepted for schema parity; the CUDA tiles are always float64 for now
-// (docs/precision.md), so the result is the float64 one.
-void cov_update_cuda(at::Tensor mean, at::Tensor m2, at::Tensor counts, const at::Tensor& x, bool /*mixed*/) {
+// DELVE_FAST_CUDA_UPDATE picks the path: the fused kernel below (default) or
+// the cuBLAS chunked path (cov_update_blas.cu). On the fused path mixed is
+// accepted for schema parity and the tiles stay float64 (docs/precision.md),
+// so the result is the float64 one; the cuBLAS path forms mixed products
+// with 3xTF32.
+void cov_update_cuda(at::Tensor mean, at::Tensor m2, at::Tensor counts, const at::Tensor& x, bool mixed) {
+  const CudaUpdatePath path = cuda_update_path();
+  if (path != CudaUpdatePath::kFused) {
+    cov_update_cuda_blas(mean, m2, counts, x, mixed, 0, path == CudaUpdatePath::kSyrk);
+    return;
+  }
   const int64_t c = check_cov_update_args(mean, m2, counts, x);
   TORCH_CHECK(x.is_cuda(), "cov_update_: the CUDA kernel got x on ", x.device());
   const int64_t k = x.size(0) * x.size(2);
