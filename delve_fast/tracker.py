@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -259,6 +259,12 @@ class SaturationTracker:
         # Whether values reached the writers since the last closed epoch: delve's scripts call
         # save() right after add_saturations(), which must not close a second, empty epoch.
         self._epoch_dirty = False
+        # What the open epoch holds, so that save() puts add_scalar values in the row delve puts them in:
+        # scalar names passed through since the epoch opened, whether add_saturations(save=False) added
+        # values, and whether save() was called while the epoch held scalars only (see save()).
+        self._open_names: set[str] = set()
+        self._saturations_open = False
+        self._save_requested = False
         self._warned_few_samples: set[tuple[str, str]] = set()  # (mode, layer) told n <= C, once each
         try:
             # Only the main rank (every rank without torch.distributed) creates folders and files.
@@ -324,6 +330,12 @@ class SaturationTracker:
             return attr
 
         def _add(*args: Any, **kwargs: Any) -> Any:
+            names = _passed_names(name, args, kwargs)
+            if self._save_requested and not self._open_names.isdisjoint(names):
+                # delve appends every value to its column: after save(), a name added again
+                # starts the next row (scalar-only logging gets one row per save()).
+                self._close_epoch()
+            self._open_names.update(names)
             self._epoch_dirty = True  # a later save() has an epoch to close
             return attr(*args, **kwargs)
 
@@ -450,16 +462,27 @@ class SaturationTracker:
         self._hooks.append(layer.register_forward_hook(hook))
 
     def save(self) -> None:
-        """Close the epoch if values were added since the last one closed.
+        """Close the epoch if it holds saturation values; keep scalars for the next row.
 
-        Every writer persists the epoch and :attr:`epoch` moves on.
         :meth:`add_saturations` already closes its epoch, so a ``save()`` right
         after it does nothing, as in delve (whose ``save()`` only rewrites the
-        files). Call it yourself to close an epoch that holds only
-        ``add_scalar`` values, or after ``add_saturations(save=False)``.
+        files). After ``add_saturations(save=False)`` it closes that epoch:
+        every writer persists it and :attr:`epoch` moves on.
+
+        When the open epoch holds only ``add_scalar`` values, ``save()`` does
+        not close it: as in delve, the next :meth:`add_saturations` writes its
+        values into the same row as those scalars. If instead a scalar name
+        that the epoch already holds is added again, the epoch is closed first
+        (delve appends the value to the column's next row), so a run that only
+        logs scalars gets one row per ``save()``; :meth:`close` writes the last
+        such row.
         """
-        if self._epoch_dirty and not self._warn_if_closed("save"):
+        if not self._epoch_dirty or self._warn_if_closed("save"):
+            return
+        if self._saturations_open:
             self._close_epoch()
+        else:
+            self._save_requested = True
 
     def _warn_if_closed(self, what: str) -> bool:
         """Warn and return True when the tracker is closed (its files are final: nothing more is written)."""
@@ -475,6 +498,9 @@ class SaturationTracker:
         self.writer.save()
         self.epoch += 1
         self._epoch_dirty = False
+        self._open_names = set()
+        self._saturations_open = False
+        self._save_requested = False
 
     # -------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -514,6 +540,9 @@ class SaturationTracker:
             handle.remove()
         self._hooks = []
         if not self._closed:
+            if self._save_requested and self._epoch_dirty:
+                # Scalars the user save()d, waiting for a row that no add_saturations() will now close.
+                self._close_epoch()
             self._closed = True
             self.writer.close()
 
@@ -603,7 +632,19 @@ class SaturationTracker:
             self._close_epoch()
         else:
             self._epoch_dirty = True
+            self._saturations_open = True
         return values
+
+
+def _passed_names(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:
+    """Column names an ``add_scalar`` / ``add_scalars`` pass-through call adds (empty for other methods)."""
+    if method == "add_scalar":
+        name = args[0] if args else kwargs.get("name")
+        return {name} if isinstance(name, str) else set()
+    if method == "add_scalars":
+        values = args[1] if len(args) > 1 else kwargs.get("value_dict")
+        return {k for k in values if isinstance(k, str)} if isinstance(values, Mapping) else set()
+    return set()
 
 
 #: Old name of :class:`SaturationTracker`, kept as in delve.
