@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -271,6 +272,7 @@ class SaturationTracker:
             if not self.nosave and D.is_main_rank(self._group):
                 writer_args["savepath"] = self.savefile
                 os.makedirs(self.savefile, exist_ok=True)
+                _claim_savefile(self)
                 self.writer = V.make_writer(save_to, writer_args)
                 V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
             if self.initial_epoch != 0:
@@ -539,6 +541,7 @@ class SaturationTracker:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        _release_savefile(self)
         if not self._closed:
             if self._save_requested and self._epoch_dirty:
                 # Scalars the user save()d, waiting for a row that no add_saturations() will now close.
@@ -634,6 +637,33 @@ class SaturationTracker:
             self._epoch_dirty = True
             self._saturations_open = True
         return values
+
+
+#: Open trackers by the real path of their savefile, to tell a second tracker on the same files.
+_OPEN_SAVEFILES: weakref.WeakValueDictionary[str, SaturationTracker] = weakref.WeakValueDictionary()
+
+
+def _claim_savefile(tracker: SaturationTracker) -> None:
+    """Warn when another open tracker of this process writes ``tracker.savefile``; then claim it.
+
+    Both would rewrite the same CSV (and npy files, plots) from their own rows,
+    so each save would silently replace the other's data.
+    """
+    key = os.path.realpath(tracker.savefile)
+    other = _OPEN_SAVEFILES.get(key)
+    if other is not None and other is not tracker and not other._closed:
+        warn_user(
+            f"savefile {tracker.savefile!r} is already written by another open SaturationTracker "
+            f"(layers {list(other.layers)}): each tracker's save() rewrites the same files with only its own "
+            "rows, so one overwrites the other's data; close() the other tracker first or use another savefile"
+        )
+    _OPEN_SAVEFILES[key] = tracker
+
+
+def _release_savefile(tracker: SaturationTracker) -> None:
+    key = os.path.realpath(tracker.__dict__.get("savefile", ""))
+    if _OPEN_SAVEFILES.get(key) is tracker:
+        del _OPEN_SAVEFILES[key]
 
 
 def _passed_names(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:

@@ -138,3 +138,69 @@ def test_pending_saved_scalars_survive_a_checkpoint(tmp_path):
     second.save()
     second.close()
     assert _csv(tmp_path / "b.csv")["loss"].tolist() == [1.5, 2.5]
+
+
+# ------------------------------------------------------------ resuming from a damaged CSV
+def _delve_csv(tmp_path, epochs: int) -> str:
+    """A CSV written by delve 0.1.50 itself: ``epochs`` rows of two layers' saturations and a loss."""
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tracker = delve.SaturationTracker(str(tmp_path / "run"), save_to="csv", modules=model, device="cpu")
+        for epoch in range(epochs):
+            model(torch.randn(10 + epoch, 4, generator=torch.Generator().manual_seed(epoch)))
+            tracker.add_scalar("loss", 1.0 / (epoch + 3))  # 1/3, 1/5, ...: many digits to cut
+            tracker.add_saturations()
+        tracker.close()
+    return (tmp_path / "run.csv").read_text()
+
+
+@pytest.mark.parametrize("cut", [1, 4, 9])
+def test_resume_leaves_out_a_last_row_cut_by_a_kill(tmp_path, cut):
+    """A CSV cut mid-line (delve writes in place) must not resume with numbers cut mid-digit."""
+    text = _delve_csv(tmp_path, epochs=3)
+    complete = _csv(tmp_path / "run.csv")
+    (tmp_path / "run.csv").write_text(text[:-cut])  # the last row loses its newline and some digits
+    model = _model()
+    with pytest.warns(RuntimeWarning, match="unfinished line"):
+        tracker = SaturationTracker(str(tmp_path / "run"), "csv", model, device="cpu", initial_epoch=3)
+    model(_data())
+    tracker.add_saturations()
+    tracker.close()
+    rows = _csv(tmp_path / "run.csv")
+    assert list(rows.index) == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(rows.iloc[:2], complete.iloc[:2], check_like=True)
+    assert rows.iloc[2].isna().all()  # the cut epoch is empty, not wrong
+    assert rows.iloc[3][["train-saturation_0", "train-saturation_2"]].notna().all()
+
+
+@pytest.mark.parametrize("content", ["", ";train-satu"])
+def test_resume_from_an_empty_or_header_cut_csv_starts_with_empty_rows(tmp_path, content):
+    (tmp_path / "run.csv").write_text(content)
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        tracker = SaturationTracker(str(tmp_path / "run"), "csv", model, device="cpu", initial_epoch=2)
+    model(_data())
+    tracker.add_saturations()
+    tracker.close()
+    rows = _csv(tmp_path / "run.csv")
+    assert list(rows.index) == [0, 1, 2]
+    assert sorted(rows.columns) == ["train-saturation_0", "train-saturation_2"]
+    assert rows["train-saturation_0"].notna().tolist() == [False, False, True]
+
+
+# ------------------------------------------------------------ two trackers, one savefile
+def test_a_second_open_tracker_on_the_same_savefile_warns(tmp_path):
+    """delve lets the second tracker's save() silently replace the first one's rows; we at least say so."""
+    first = SaturationTracker(str(tmp_path / "run"), "csv", _model(), device="cpu")
+    with pytest.warns(RuntimeWarning, match="already written by another open SaturationTracker"):
+        second = SaturationTracker(str(tmp_path / "sub" / ".." / "run"), "csv", _model(), device="cpu")
+    second.close()
+    first.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # closed: the savefile is free again
+        SaturationTracker(str(tmp_path / "run"), "csv", _model(), device="cpu").close()
+        # nosave trackers write nothing, so they claim nothing
+        with SaturationTracker(str(tmp_path / "run"), "csv", _model(), device="cpu"):
+            SaturationTracker(str(tmp_path / "run"), "csv", _model(), device="cpu", nosave=True).close()
