@@ -17,9 +17,14 @@ import pytest
 import torch
 from torch import nn
 
+import delve_fast.metrics
+import delve_fast.pca_layers
+import delve_fast.torch_utils
 from delve_fast import SaturationTracker
 
 delve = pytest.importorskip("delve")
+pytest.importorskip("delve.metrics")
+pytest.importorskip("delve.torch_utils")
 
 
 def _model() -> nn.Sequential:
@@ -204,3 +209,87 @@ def test_a_second_open_tracker_on_the_same_savefile_warns(tmp_path):
         # nosave trackers write nothing, so they claim nothing
         with SaturationTracker(str(tmp_path / "run"), "csv", _model(), device="cpu"):
             SaturationTracker(str(tmp_path / "run"), "csv", _model(), device="cpu", nosave=True).close()
+
+
+# ------------------------------------------------------------ delve.metrics and TorchCovarianceMatrix
+def _rank_deficient_cov() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((30, 6))
+    a[:, 5] = a[:, 0]
+    return np.cov(a, rowvar=False, bias=True)
+
+
+def test_metric_functions_take_array_likes_with_delves_numbers():
+    """delve's functions need a tensor; the same numbers must come from a NumPy array or nested lists."""
+    cov = _rank_deficient_cov()
+    for fn in ("compute_intrinsic_dimensionality", "compute_saturation"):
+        expected = getattr(delve.metrics, fn)(torch.tensor(cov), 0.9)
+        assert getattr(delve_fast.metrics, fn)(cov, 0.9) == expected
+        assert getattr(delve_fast.metrics, fn)(cov.tolist(), 0.9) == expected
+    # the trace is a sum of 6 float64 numbers: within a few eps of NumPy's
+    assert delve_fast.metrics.compute_cov_trace(cov) == pytest.approx(np.trace(cov), rel=1e-14)
+
+
+@pytest.mark.parametrize("thresh", [0, -0.5, 1.5, float("nan")])
+def test_metric_threshold_outside_the_unit_interval_is_named(thresh):
+    # delve returns a dimension larger than the matrix for 1.5 and 0 for 0
+    with pytest.raises(ValueError, match=r"thresh must be in \(0, 1\].*" + str(thresh)[:3]):
+        delve_fast.metrics.compute_saturation(torch.eye(3, dtype=torch.float64), thresh)
+
+
+@pytest.mark.parametrize(
+    ("cov", "words"),
+    [
+        (torch.zeros(3, 6, dtype=torch.float64), r"square \(C, C\).*\(3, 6\)"),
+        (torch.full((3, 3), float("nan"), dtype=torch.float64), "NaN or Inf"),
+    ],
+)
+def test_metric_bad_matrices_are_named(cov, words):
+    # delve raises torch's "must be batches of square matrices" / "failed to converge"
+    for fn in (delve_fast.metrics.compute_saturation, delve_fast.metrics.compute_diag_trace):
+        with pytest.raises(ValueError, match=words):
+            fn(cov)
+
+
+def test_covariance_private_names_that_delve_user_code_reads():
+    """``_avg`` is delve's running *sum* and ``_input_dim`` the width; compared with delve run alike."""
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(3)) * 3 + 1
+    theirs = delve.torch_utils.TorchCovarianceMatrix(device="cpu")
+    ours = delve_fast.torch_utils.TorchCovarianceMatrix(device="cpu")
+    for part in (x[:30], x[30:]):
+        theirs.update(part, False)
+        ours.update(part, False)
+    assert ours._input_dim == theirs._input_dim == 4
+    assert ours._tlen == theirs._tlen == 50
+    # sums of 50 float64 values of size ~5: both within ~50 eps * 250 of exact
+    torch.testing.assert_close(ours._avg, theirs._avg, rtol=1e-12, atol=1e-11)
+    torch.testing.assert_close(ours.fix(), theirs.fix(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="torch.Tensor.*ndarray"):
+        ours.update(x.numpy(), False)
+
+
+# ------------------------------------------------------------ PCA layers
+def test_conv_pca_layer_names_a_map_without_batch_dimension():
+    layer = delve_fast.pca_layers.Conv2DPCALayer(6, verbose=False)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(6, 3, 3\)"):
+        layer(torch.randn(6, 3, 3))
+
+
+def test_inject_random_directions_names_and_updates_conv_layers():
+    """delve names a Conv2DPCALayer ``Linear-<i>`` (it is a LinearPCALayer subclass) and leaves its conv as is."""
+    torch.manual_seed(0)
+    net = nn.Sequential(delve_fast.pca_layers.LinearPCALayer(8), delve_fast.pca_layers.Conv2DPCALayer(6, verbose=False))
+    net.train()
+    net[0](torch.randn(50, 8))
+    net[1](torch.randn(4, 6, 5, 5))
+    net.eval()
+    net[0](torch.randn(2, 8))
+    net[1](torch.randn(1, 6, 5, 5))
+    *_, names = delve_fast.pca_layers.change_all_pca_layer_thresholds_and_inject_random_directions(
+        0.5, net, include_names=True
+    )
+    assert names == ["Linear-0", "Conv-0"]
+    conv_weight = net[1].convolution.weight[:, :, 0, 0]
+    torch.testing.assert_close(conv_weight, net[1].transformation_matrix)
+    # a projection: P @ P == P (float32 products of a 6x6 orthogonal projection: ~1e-6)
+    torch.testing.assert_close(conv_weight @ conv_weight, conv_weight, atol=1e-5, rtol=0)
