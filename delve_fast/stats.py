@@ -481,7 +481,7 @@ def _as_covariance(cov: Any) -> torch.Tensor:
     if not isinstance(cov, torch.Tensor):
         cov = torch.as_tensor(np.asarray(cov, dtype=np.float64))
     if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
-        raise ValueError(f"expected a square (C, C) covariance matrix, got shape {tuple(cov.shape)}")
+        raise ValueError(f"expected a square covariance matrix, got shape {tuple(cov.shape)}")
     return cov.to(torch.float64)
 
 
