@@ -56,6 +56,10 @@ def tracker_state_dict(tracker: SaturationTracker) -> dict[str, Any]:
         "record": bool(tracker.record),
         # Whether the open epoch holds values, so that a save() after restoring closes it.
         "epoch_dirty": bool(tracker._epoch_dirty),
+        # What the open epoch holds, so that save() and add_scalar() after restoring place values alike.
+        "open_names": sorted(tracker._open_names),
+        "saturations_open": bool(tracker._saturations_open),
+        "save_requested": bool(tracker._save_requested),
         "layers": list(tracker.layers),
         "writer_types": _writer_types(tracker),
         "recorder": tracker._recorder.state_dict(),
@@ -112,3 +116,7 @@ def load_tracker_state_dict(tracker: SaturationTracker, state: Mapping[str, Any]
     tracker.epoch = int(state["epoch"])
     tracker.record = bool(state["record"])
     tracker._epoch_dirty = bool(state.get("epoch_dirty", False))  # absent from states saved before it existed
+    tracker._open_names = set(state.get("open_names", []))
+    # States saved before these keys existed closed any dirty epoch at save(): keep that.
+    tracker._saturations_open = bool(state.get("saturations_open", tracker._epoch_dirty))
+    tracker._save_requested = bool(state.get("save_requested", False))

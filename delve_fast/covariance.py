@@ -154,6 +154,16 @@ class TorchCovarianceMatrix:
         return self.state.m2
 
     @property
+    def _avg(self) -> torch.Tensor | None:
+        # delve keeps the running *sum* of the samples under this name (fix() divides it by _tlen).
+        mean = self.state.mean
+        return None if mean is None else mean * self.state.count
+
+    @property
+    def _input_dim(self) -> int | None:
+        return self.state.n_features
+
+    @property
     def is_initialized(self) -> bool:
         """Whether any batch has been folded in since the last reset."""
         return self.state.m2 is not None
@@ -183,6 +193,8 @@ class TorchCovarianceMatrix:
         vae : bool, default False
             Accepted for signature compatibility with delve; ignored.
         """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"update expects a torch.Tensor of shape (n_samples, n_features), got {type(x).__name__}")
         if x.dim() > 2:
             raise ValueError(
                 f"update expects a (n_samples, n_features) matrix, got shape {tuple(x.shape)}; "

@@ -23,11 +23,7 @@ __all__ = [
 
 
 def _square(cov: torch.Tensor) -> torch.Tensor:
-    if not isinstance(cov, torch.Tensor):
-        cov = torch.as_tensor(cov)
-    if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
-        raise ValueError(f"expected a square covariance matrix, got shape {tuple(cov.shape)}")
-    return cov.to(torch.float64)
+    return S._as_covariance(cov)
 
 
 def compute_cov_determinant(cov: torch.Tensor) -> float:

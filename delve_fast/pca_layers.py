@@ -365,6 +365,11 @@ class Conv2DPCALayer(LinearPCALayer):
         torch.Tensor
         """
         if self.training:
+            if x.dim() != 4:
+                # Without this an unbatched (C, H, W) map is read as C=H channels: a misleading error.
+                raise ValueError(
+                    f"{type(self).__name__} gathers statistics from (N, C, H, W) feature maps, got shape {tuple(x.shape)}"
+                )
             self.pca_computed = False
             x1 = x.detach()
             if self.downsampling is not None:

@@ -476,10 +476,31 @@ def spectrum_alpha(
     return -slope
 
 
-def _eigvals_of(cov: torch.Tensor) -> torch.Tensor:
+def _as_covariance(cov: Any) -> torch.Tensor:
+    """``cov`` (a tensor or array-like) as a float64 tensor, or a ValueError naming what is wrong with it."""
+    if not isinstance(cov, torch.Tensor):
+        cov = torch.as_tensor(np.asarray(cov, dtype=np.float64))
+    if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"expected a square covariance matrix, got shape {tuple(cov.shape)}")
+    return cov.to(torch.float64)
+
+
+def _check_thresh(thresh: float) -> float:
+    if isinstance(thresh, bool) or not isinstance(thresh, (int, float, np.floating, np.integer)):
+        raise TypeError(f"thresh must be a number in (0, 1], got {thresh!r}")
+    if not 0.0 < float(thresh) <= 1.0:
+        raise ValueError(f"thresh must be in (0, 1] (a share of the variance), got {thresh!r}")
+    return float(thresh)
+
+
+def _eigvals_of(cov: Any) -> torch.Tensor:
     from delve_fast import ops
 
-    return ops.eigvalsh_desc([cov.to(torch.float64)])[0]
+    cov = _as_covariance(cov)
+    # An eigen-solver fed NaN or Inf fails with an opaque convergence error.
+    if cov.numel() and not bool(torch.isfinite(cov).all()):
+        raise ValueError("the covariance matrix holds NaN or Inf values; its eigenvalues are undefined")
+    return ops.eigvalsh_desc([cov])[0]
 
 
 def compute_intrinsic_dimensionality(cov: torch.Tensor, thresh: float = 0.99) -> int:
@@ -495,7 +516,7 @@ def compute_intrinsic_dimensionality(cov: torch.Tensor, thresh: float = 0.99) ->
     -------
     int
     """
-    return intrinsic_dimensionality(_eigvals_of(cov), thresh)
+    return intrinsic_dimensionality(_eigvals_of(cov), _check_thresh(thresh))
 
 
 def compute_saturation(cov: torch.Tensor, thresh: float = 0.99) -> float:
@@ -511,7 +532,7 @@ def compute_saturation(cov: torch.Tensor, thresh: float = 0.99) -> float:
     -------
     float
     """
-    return saturation(_eigvals_of(cov), thresh)
+    return saturation(_eigvals_of(cov), _check_thresh(thresh))
 
 
 # ------------------------------------------------------------ the stat table

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -259,12 +260,19 @@ class SaturationTracker:
         # Whether values reached the writers since the last closed epoch: delve's scripts call
         # save() right after add_saturations(), which must not close a second, empty epoch.
         self._epoch_dirty = False
+        # What the open epoch holds, so that save() puts add_scalar values in the row delve puts them in:
+        # scalar names passed through since the epoch opened, whether add_saturations(save=False) added
+        # values, and whether save() was called while the epoch held scalars only (see save()).
+        self._open_names: set[str] = set()
+        self._saturations_open = False
+        self._save_requested = False
         self._warned_few_samples: set[tuple[str, str]] = set()  # (mode, layer) told n <= C, once each
         try:
             # Only the main rank (every rank without torch.distributed) creates folders and files.
             if not self.nosave and D.is_main_rank(self._group):
                 writer_args["savepath"] = self.savefile
                 os.makedirs(self.savefile, exist_ok=True)
+                _claim_savefile(self)
                 self.writer = V.make_writer(save_to, writer_args)
                 V.warn_if_covariance_not_saveable(self.writer, self._mode_stats)
             if self.initial_epoch != 0:
@@ -324,6 +332,12 @@ class SaturationTracker:
             return attr
 
         def _add(*args: Any, **kwargs: Any) -> Any:
+            names = _passed_names(name, args, kwargs)
+            if self._save_requested and not self._open_names.isdisjoint(names):
+                # delve appends every value to its column: after save(), a name added again
+                # starts the next row (scalar-only logging gets one row per save()).
+                self._close_epoch()
+            self._open_names.update(names)
             self._epoch_dirty = True  # a later save() has an epoch to close
             return attr(*args, **kwargs)
 
@@ -450,16 +464,27 @@ class SaturationTracker:
         self._hooks.append(layer.register_forward_hook(hook))
 
     def save(self) -> None:
-        """Close the epoch if values were added since the last one closed.
+        """Close the epoch if it holds saturation values; keep scalars for the next row.
 
-        Every writer persists the epoch and :attr:`epoch` moves on.
         :meth:`add_saturations` already closes its epoch, so a ``save()`` right
         after it does nothing, as in delve (whose ``save()`` only rewrites the
-        files). Call it yourself to close an epoch that holds only
-        ``add_scalar`` values, or after ``add_saturations(save=False)``.
+        files). After ``add_saturations(save=False)`` it closes that epoch:
+        every writer persists it and :attr:`epoch` moves on.
+
+        When the open epoch holds only ``add_scalar`` values, ``save()`` does
+        not close it: as in delve, the next :meth:`add_saturations` writes its
+        values into the same row as those scalars. If instead a scalar name
+        that the epoch already holds is added again, the epoch is closed first
+        (delve appends the value to the column's next row), so a run that only
+        logs scalars gets one row per ``save()``; :meth:`close` writes the last
+        such row.
         """
-        if self._epoch_dirty and not self._warn_if_closed("save"):
+        if not self._epoch_dirty or self._warn_if_closed("save"):
+            return
+        if self._saturations_open:
             self._close_epoch()
+        else:
+            self._save_requested = True
 
     def _warn_if_closed(self, what: str) -> bool:
         """Warn and return True when the tracker is closed (its files are final: nothing more is written)."""
@@ -475,6 +500,9 @@ class SaturationTracker:
         self.writer.save()
         self.epoch += 1
         self._epoch_dirty = False
+        self._open_names = set()
+        self._saturations_open = False
+        self._save_requested = False
 
     # -------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -513,7 +541,11 @@ class SaturationTracker:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        _release_savefile(self)
         if not self._closed:
+            if self._save_requested and self._epoch_dirty:
+                # Scalars the user save()d, waiting for a row that no add_saturations() will now close.
+                self._close_epoch()
             self._closed = True
             self.writer.close()
 
@@ -603,7 +635,46 @@ class SaturationTracker:
             self._close_epoch()
         else:
             self._epoch_dirty = True
+            self._saturations_open = True
         return values
+
+
+#: Open trackers by the real path of their savefile, to tell a second tracker on the same files.
+_OPEN_SAVEFILES: weakref.WeakValueDictionary[str, SaturationTracker] = weakref.WeakValueDictionary()
+
+
+def _claim_savefile(tracker: SaturationTracker) -> None:
+    """Warn when another open tracker of this process writes ``tracker.savefile``; then claim it.
+
+    Both would rewrite the same CSV (and npy files, plots) from their own rows,
+    so each save would silently replace the other's data.
+    """
+    key = os.path.realpath(tracker.savefile)
+    other = _OPEN_SAVEFILES.get(key)
+    if other is not None and other is not tracker and not other._closed:
+        warn_user(
+            f"savefile {tracker.savefile!r} is already written by another open SaturationTracker "
+            f"(layers {list(other.layers)}): each tracker's save() rewrites the same files with only its own "
+            "rows, so one overwrites the other's data; close() the other tracker first or use another savefile"
+        )
+    _OPEN_SAVEFILES[key] = tracker
+
+
+def _release_savefile(tracker: SaturationTracker) -> None:
+    key = os.path.realpath(tracker.__dict__.get("savefile", ""))
+    if _OPEN_SAVEFILES.get(key) is tracker:
+        del _OPEN_SAVEFILES[key]
+
+
+def _passed_names(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:
+    """Column names an ``add_scalar`` / ``add_scalars`` pass-through call adds (empty for other methods)."""
+    if method == "add_scalar":
+        name = args[0] if args else kwargs.get("name")
+        return {name} if isinstance(name, str) else set()
+    if method == "add_scalars":
+        values = args[1] if len(args) > 1 else kwargs.get("value_dict")
+        return {k for k in values if isinstance(k, str)} if isinstance(values, Mapping) else set()
+    return set()
 
 
 #: Old name of :class:`SaturationTracker`, kept as in delve.

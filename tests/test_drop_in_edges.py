@@ -108,8 +108,12 @@ def test_tied_layer_called_twice_per_forward_folds_both_calls(tmp_path):
 
 
 # ------------------------------------------------------------ save and close
-def test_save_closes_only_an_epoch_that_holds_values(tmp_path):
-    """The documented save(): a no-op right after add_saturations(); it closes scalar-only epochs."""
+def test_save_closes_only_an_epoch_that_holds_saturations(tmp_path):
+    """save(): a no-op right after add_saturations(); it closes add_saturations(save=False); scalars wait.
+
+    A scalar save()d on its own joins the row of the next add_saturations(), as in
+    delve (whose CSV columns are lists that each get one value per epoch).
+    """
     model = nn.Sequential(nn.Linear(4, 3))
     tracker = SaturationTracker(str(tmp_path / "run"), "csv", model, stats=["lsat"], device="cpu")
     model(torch.randn(20, 4))
@@ -118,15 +122,17 @@ def test_save_closes_only_an_epoch_that_holds_values(tmp_path):
     tracker.save()
     assert tracker.epoch == 1
     tracker.add_scalar("accuracy", 0.75)
-    tracker.save()  # an epoch with only a scalar
+    tracker.save()  # only a scalar: the epoch stays open for this epoch's saturations
+    assert tracker.epoch == 1
     model(torch.randn(20, 4))
     tracker.add_saturations(save=False)
     tracker.save()  # closes the epoch add_saturations left open
+    assert tracker.epoch == 2
     tracker.close()
     rows = _rows(tmp_path / "run.csv")
-    assert list(rows.index) == [0, 1, 2]
-    assert rows["accuracy"].isna().tolist() == [True, False, True]
-    assert rows["train-saturation_0"].notna().tolist() == [True, False, True]
+    assert list(rows.index) == [0, 1]
+    assert rows["accuracy"].isna().tolist() == [True, False]
+    assert rows["train-saturation_0"].notna().tolist() == [True, True]
 
 
 def test_open_epoch_with_values_survives_a_checkpoint(tmp_path):

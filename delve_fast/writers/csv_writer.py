@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -96,9 +97,7 @@ class CSVWriter(AbstractWriter):
         if not self._check_savestate_ok(self.csv_path):
             self._rows = [{} for _ in range(self.epoch_counter)]
             return
-        import pandas as pd
-
-        df = pd.read_csv(self.csv_path, sep=";", index_col=0)
+        df = self._read_complete_rows()
         self._columns = [str(c) for c in df.columns]
         rows = [
             {str(k): v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
@@ -113,6 +112,34 @@ class CSVWriter(AbstractWriter):
                 "rows from that epoch on are dropped" if len(rows) > initial_epoch else "the missing rows are empty",
             )
         self._rows = rows[: self.epoch_counter] + [{} for _ in range(self.epoch_counter - len(rows))]
+
+    def _read_complete_rows(self) -> pd.DataFrame:
+        """Read the CSV, leaving out a last line that a killed writer left unfinished.
+
+        Every CSV this writer (or delve's, or pandas) writes ends with a
+        newline, so a file that does not was cut mid-line (delve writes in
+        place, and a copy can be cut short): that line's numbers may be cut
+        mid-digit, so the line is dropped with a warning rather than read as
+        wrong values. A file cut inside its header holds no row.
+        """
+        import io
+
+        import pandas as pd
+
+        with open(self.csv_path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+        if text and not text.endswith("\n"):
+            complete, _, partial = text.rpartition("\n")
+            warnings.warn(
+                f"{self.csv_path!r} ends in an unfinished line (the run that wrote it was killed mid-write?): "
+                f"{partial[:60]!r} is left out",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            text = complete + "\n" if complete else ""
+        if not text.strip():  # empty, or cut inside the header: no row (the caller warns about the count)
+            return pd.DataFrame()
+        return pd.read_csv(io.StringIO(text), sep=";", index_col=0)
 
     def add_scalar(self, name: str, value: Any, **kwargs: Any) -> None:
         """Put ``value`` in column ``name`` of the open row (the last value of an epoch wins).
