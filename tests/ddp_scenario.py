@@ -200,3 +200,21 @@ def nan_batch_job(rank: int, world: int, out_dir: str) -> None:
                 values.append(tracker.add_saturations())
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     Path(out_dir, f"nan{rank}.pkl").write_bytes(pickle.dumps({"values": values, "warnings": messages}))
+
+
+def abort_in_teardown(rank: int, world: int) -> None:
+    """Finish normally, but make rank 1's process-group teardown abort the process (as gloo's may)."""
+    import os
+
+    import torch.distributed as dist
+
+    if rank == 1:
+        dist.destroy_process_group = lambda *a, **k: os.abort()
+
+
+def abort_in_work(rank: int, world: int) -> None:
+    """Rank 1 dies from a native abort before its work is done."""
+    import os
+
+    if rank == 1:
+        os.abort()

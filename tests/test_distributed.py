@@ -22,6 +22,8 @@ from ddp_scenario import (  # noqa: E402
     PLAIN_NAMES,
     STATS,
     STEPS,
+    abort_in_teardown,
+    abort_in_work,
     checkpoint_first_half,
     checkpoint_second_half,
     ddp_worker,
@@ -345,3 +347,14 @@ def _hang_worker(rank: int, world: int) -> None:
 def test_a_rank_that_never_calls_add_saturations_fails_instead_of_hanging():
     with pytest.raises(DistributedRunError, match="rank 0"):
         run_on_gloo(_hang_worker, 2, timeout_s=90, collective_timeout_s=5)
+
+
+def test_harness_reports_an_abort_in_torchs_teardown_after_the_work_as_a_warning():
+    # All collectives done, every peer past the final barrier: the results stand, the crash is named.
+    with pytest.warns(RuntimeWarning, match=r"teardown aborted a rank that had finished: rank 1 \(exit code -6\)"):
+        run_on_gloo(abort_in_teardown, 2, timeout_s=60, collective_timeout_s=20)
+
+
+def test_harness_fails_on_an_abort_before_the_work_is_done():
+    with pytest.raises(DistributedRunError, match=r"rank 1 \(exit code -6\)"):
+        run_on_gloo(abort_in_work, 2, timeout_s=60, collective_timeout_s=10)
