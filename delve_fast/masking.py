@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from delve_fast._warn import warn_user
 from delve_fast.state import CovarianceState
 
-__all__ = ["check_token_mask", "mask_weight", "WeightedMoments"]
+__all__ = ["check_token_mask", "mask_weight", "MaskUsage", "WeightedMoments"]
 
 
 def check_token_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -59,6 +60,46 @@ def mask_weight(view: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor |
     if view.shape[2] != t or view.shape[0] > b or (t == 1 and view.shape[0] != b):
         return None
     return mask[: view.shape[0]]
+
+
+class MaskUsage:
+    """Whether the token mask in force applied to any recorded output, to warn about a mask that fits none.
+
+    A mask whose shape matches no tracked layer's output (tokens and batch
+    swapped, a mask for another sequence length) is otherwise silently
+    ignored: every layer is then recorded whole, padding included.
+    """
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] | None = None
+        self.applied = 0
+        self.missed = 0
+        self.warned = False
+
+    def start(self, mask: torch.Tensor | None) -> None:
+        """A new mask (or None) is in force from now on: report on the previous one first."""
+        self.report()
+        self.shape = None if mask is None else tuple(mask.shape)
+
+    def note(self, weight: torch.Tensor | None) -> None:
+        """One recorded output under the mask: ``weight`` is what :func:`mask_weight` returned."""
+        if weight is None:
+            self.missed += 1
+        else:
+            self.applied += 1
+
+    def report(self) -> None:
+        """Warn (once per tracker) if the mask in force so far applied to no recorded output."""
+        if self.shape is not None and self.missed and not self.applied and not self.warned:
+            self.warned = True
+            b, t = self.shape
+            warn_user(
+                f"delve_fast: the token mask of shape {self.shape} applied to none of the {self.missed} layer "
+                f"output(s) recorded while it was set, so they were recorded whole, padding included; a mask "
+                f"(batch, tokens) applies to outputs with one sample per token ({t} tokens, at most {b} rows)",
+                RuntimeWarning,
+            )
+        self.applied = self.missed = 0
 
 
 class WeightedMoments:

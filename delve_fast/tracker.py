@@ -240,6 +240,7 @@ class SaturationTracker:
 
         self._layer_types = L.resolve_layer_types(layer_types)
         self._token_mask: torch.Tensor | None = None
+        self._mask_usage = masking.MaskUsage()
         found = L.find_layers(modules, include_conv=self.include_conv, types=self._layer_types)
         self.layers: dict[str, nn.Module] = L.select_layers(
             found, layer_filter, self.ignore_layer_names, self.include_conv, self._layer_types
@@ -307,7 +308,10 @@ class SaturationTracker:
                 return
             batch = view_fn(module, output, self._view_options, room, recorder.flatten_order(mode, name))
             if batch is not None:
-                recorder.fold(mode, name, batch, masking.mask_weight(batch.view, self._token_mask))
+                weight = masking.mask_weight(batch.view, self._token_mask)
+                if self._token_mask is not None:
+                    self._mask_usage.note(weight)
+                recorder.fold(mode, name, batch, weight)
 
         # Under torch.compile the hook runs eagerly: tracing its Python
         # bookkeeping would only force a recompile on every counter change.
@@ -422,7 +426,9 @@ class SaturationTracker:
             tokens, recurrent outputs with ``timestepwise``); other layers are
             recorded as usual. No host synchronisation (see :mod:`delve_fast.masking`).
         """
-        self._token_mask = None if mask is None else masking.check_token_mask(mask)
+        mask = None if mask is None else masking.check_token_mask(mask)
+        self._mask_usage.start(mask)
+        self._token_mask = mask
 
     @contextmanager
     def token_mask(self, mask: torch.Tensor) -> Iterator[SaturationTracker]:
@@ -438,6 +444,7 @@ class SaturationTracker:
         try:
             yield self
         finally:
+            self._mask_usage.start(previous)
             self._token_mask = previous
 
     # delve's layer discovery methods, kept for code that calls them.
@@ -612,6 +619,7 @@ class SaturationTracker:
         """
         if self._warn_if_closed("add_saturations"):
             return {}
+        self._mask_usage.report()
         values, samples = self.compute_saturations()
         if self.average_sat:
             # delve writes both average columns every epoch: a mode without data gets a NaN cell.

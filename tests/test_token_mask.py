@@ -266,3 +266,41 @@ def test_masked_update_on_each_device_matches_numpy(tmp_path, device):
     assert state.m2.device.type == torch.device(device).type
     assert_cov_close(state.covariance(), np.cov(real, rowvar=False, bias=True), RTOL)
     t.close()
+
+
+def test_a_mask_that_fits_no_layer_warns_once_and_a_fitting_one_does_not(tmp_path):
+    # Tokens and batch swapped: a (T, B) mask on (B, T, D) outputs applies to no layer, so every
+    # layer was recorded whole (padding included); say so once, when the mask is lifted.
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    x = torch.randn(3, 7, 6)
+    with SaturationTracker(str(tmp_path / "m"), save_to="csv", modules=model, device="cpu") as tracker:
+        with pytest.warns(RuntimeWarning, match=r"token mask of shape \(7, 3\) applied to none of the 2 layer"):
+            with tracker.token_mask(torch.ones(7, 3, dtype=torch.bool)):
+                model(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning, and none for a mask that fits
+            with tracker.token_mask(torch.ones(7, 3, dtype=torch.bool)):
+                model(x)
+            with tracker.token_mask(torch.ones(3, 7, dtype=torch.bool)):
+                model(x)
+
+
+def test_a_mask_that_fits_only_some_layers_does_not_warn(tmp_path):
+    # A pooled head after token layers: the mask fits the token layers, so nothing is wrong.
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok = nn.Linear(6, 5)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.tok(x).mean(1))
+
+    model = Pooled()
+    with SaturationTracker(str(tmp_path / "p"), save_to="csv", modules=model, device="cpu") as tracker:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tracker.set_token_mask(torch.ones(3, 7, dtype=torch.bool))
+            model(torch.randn(3, 7, 6))
+            tracker.set_token_mask(None)
+            tracker.add_saturations()
