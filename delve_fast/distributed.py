@@ -550,7 +550,11 @@ def compute_merged(
     # This rank's share of the eigen solves, in one batched call; the rest arrives from the others.
     # A share that fails is sent as None (NaN cells on every rank), never raised before the exchange.
     share: dict[int, tuple[dict[str, Any], float | None] | None] = {}
-    for k, outcome in _solve_share(mine, covs, entries, mode_stats, context, threshold, rule, average, backend):
+    # The statistics that need the eigenvalues: everything but the per-rank and per-sample ones.
+    spectral = {
+        mode: [key for key in keys if key not in local and key not in per_sample] for mode, keys in mode_stats.items()
+    }
+    for k, outcome in _solve_share(mine, covs, entries, spectral, context, threshold, rule, average, backend):
         share[k] = outcome
     for part in channel.all_gather_object("statistics", share):
         share.update(part)
@@ -595,7 +599,7 @@ def _warn_skipped_batches(entries: Sequence[Entry], rank: int) -> None:
     mine = [(mode, layer, state) for mode, layer, state in mine if state.counts is not None]
     if not mine:
         return
-    rows = torch.stack([state.counts.cpu() for _, _, state in mine]).tolist()
+    rows = torch.stack([state.counts for _, _, state in mine]).tolist()  # one tracker, one device: one transfer
     for (mode, layer, _), (n, skipped) in zip(mine, rows, strict=True):
         if skipped:
             warn_user(
@@ -626,7 +630,7 @@ def _solve_share(
     mine: Sequence[int],
     covs: dict[int, torch.Tensor],
     entries: Sequence[Entry],
-    mode_stats: dict[str, Sequence[str]],
+    spectral: dict[str, Sequence[str]],
     context: Callable[..., S.StatContext],
     threshold: float,
     rule: str,
@@ -634,16 +638,12 @@ def _solve_share(
     backend: str | None,
 ) -> list[tuple[int, tuple[dict[str, Any], float | None] | None]]:
     """This rank's eigen solves and statistics: one batched call, then layer by layer if that fails."""
-    per_sample = {key for key in S.STATS if S.STATS[key].per_sample}
-    local = set(LOCAL_STATS)
 
     def solve(ks: Sequence[int]) -> list[tuple[int, tuple[dict[str, Any], float | None]]]:
         eigs, traces = S.spectra([covs[k] for k in ks], backend=backend)
         out = []
         for k, lam, trace in zip(ks, eigs, traces, strict=True):
-            mode = entries[k][0]
-            keys_k = [key for key in mode_stats[mode] if key not in local and key not in per_sample]
-            vals, _ = S.compute(context(k, lam, float(trace)), keys_k)
+            vals, _ = S.compute(context(k, lam, float(trace)), spectral[entries[k][0]])
             out.append((k, (vals, S.saturation(lam, threshold, rule=rule) if average else None)))
         return out
 

@@ -167,13 +167,29 @@ def ddp_worker(rank: int, world: int, out_dir: str) -> None:
     )
 
 
-def nan_batch_job(rank: int, world: int, out_dir: str) -> None:
-    """Two epochs of forward passes with bad batches on some ranks; values and warnings pickled per rank.
+def nan_job_batches(rank: int, epoch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Rank ``rank``'s training inputs and eval input of :func:`nan_batch_job`'s epoch ``epoch``.
 
-    Epoch 0: rank 0's second training batch holds a NaN (skipped on rank 0 only), and every eval
-    batch on every rank holds one (the eval cells must be NaN). Epoch 1: clean training batches,
-    and rank 1's eval batch is finite but so large (1e200) that its outer products overflow, so
-    the merged eval covariance holds Inf (NaN cells on every rank, and no rank left waiting).
+    Epoch 0: rank 0's second training batch holds a NaN, and every rank's eval batch holds one.
+    Epoch 1: clean training batches; rank 1's eval batch is finite but so large (1e200) that its
+    outer products overflow.
+    """
+    train = [train_batch(rank, epoch, step)[0] for step in range(STEPS)]
+    if (epoch, rank) == (0, 0):
+        train[1][2, 1, 3, 3] = float("nan")
+    xe = eval_batch(rank, 0)
+    if epoch == 0:
+        xe[0, 0, 0, 0] = float("nan")
+    elif rank == 1:
+        xe = xe * 1e200
+    return train, xe
+
+
+def nan_batch_job(rank: int, world: int, out_dir: str) -> None:
+    """Two epochs of forward passes with the bad batches of :func:`nan_job_batches`; values and warnings pickled per rank.
+
+    A NaN batch is skipped on its own rank only; the eval cells must be NaN on every rank in both
+    epochs (all-NaN batches, then a merged covariance holding Inf), and no rank may be left waiting.
     """
     import warnings
 
@@ -183,19 +199,12 @@ def nan_batch_job(rank: int, world: int, out_dir: str) -> None:
         with _tracker(str(Path(out_dir, "run")), model) as tracker:
             values = []
             for epoch in range(2):
+                train, xe = nan_job_batches(rank, epoch)
                 with torch.no_grad():
                     model.train()
-                    for step in range(STEPS):
-                        x, _ = train_batch(rank, epoch, step)
-                        if (epoch, step, rank) == (0, 1, 0):
-                            x[2, 1, 3, 3] = float("nan")
+                    for x in train:
                         model(x)
                     model.eval()
-                    xe = eval_batch(rank, 0)
-                    if epoch == 0:
-                        xe[0, 0, 0, 0] = float("nan")
-                    elif rank == 1:
-                        xe = xe * 1e200
                     model(xe)
                 values.append(tracker.add_saturations())
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]

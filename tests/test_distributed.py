@@ -27,11 +27,10 @@ from ddp_scenario import (  # noqa: E402
     checkpoint_first_half,
     checkpoint_second_half,
     ddp_worker,
-    eval_batch,
     nan_batch_job,
+    nan_job_batches,
     small_model,
     train,
-    train_batch,
 )
 from torch import nn
 
@@ -262,21 +261,14 @@ def test_bad_batches_on_some_ranks_give_the_single_process_cells_on_every_rank(t
     ) as tracker:  # fmt: skip
         expected = []
         for epoch in range(2):
+            per_rank = [nan_job_batches(rank, epoch) for rank in range(2)]
             with torch.no_grad():
                 model.train()
                 for step in range(STEPS):
-                    for rank in range(2):
-                        x, _ = train_batch(rank, epoch, step)
-                        if (epoch, step, rank) == (0, 1, 0):
-                            x[2, 1, 3, 3] = float("nan")
-                        model(x)
+                    for train, _ in per_rank:
+                        model(train[step])
                 model.eval()
-                for rank in range(2):
-                    xe = eval_batch(rank, 0)
-                    if epoch == 0:
-                        xe[0, 0, 0, 0] = float("nan")
-                    elif rank == 1:
-                        xe = xe * 1e200
+                for _, xe in per_rank:
                     model(xe)
             expected.append(tracker.add_saturations())
 

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'delve_fast[hf]')")
 pytest.importorskip("accelerate", reason="the Trainer needs accelerate (pip install 'delve_fast[hf]')")
+
+# The model and the row labels of the torchrun job serve the single-process tests too.
+from hf_ddp_scenario import Classifier as TinyClassifier  # noqa: E402
+from hf_ddp_scenario import RowTagger  # noqa: E402
 
 from delve_fast.integrations._testing import (  # noqa: E402
     ActivationRecorder,
@@ -23,19 +26,6 @@ STATS = ["lsat", "idim", "trc"]
 N_TRAIN, N_VAL, BATCH = 48, 32, 16
 
 
-class TinyClassifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.net(x)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
-
-
 class DictDataset(torch.utils.data.Dataset):
     def __init__(self, n: int, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -47,23 +37,6 @@ class DictDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"x": self.x[i], "labels": self.y[i]}
-
-
-class RowTagger(transformers.TrainerCallback):
-    """The test's own definition of a row: training epoch k and the k-th evaluation."""
-
-    def __init__(self) -> None:
-        self.epoch = -1
-        self.evaluations = 0
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.epoch += 1
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        self.evaluations += 1
-
-    def row_of(self, mode: str) -> int:
-        return self.epoch if mode == "train" else self.evaluations
 
 
 def make_args(tmp_path: Path, **kwargs) -> transformers.TrainingArguments:
